@@ -1,0 +1,1 @@
+"""TensorFlow Serving configuration, and a TF-Serving-compatible server (`tf_serving.compat`) for machines without Docker."""
