@@ -1,0 +1,201 @@
+"""TensorFlow Serving's REST API (g3doc/api_rest.md) for this model: parse requests, render responses.
+
+Both model servers and the gateway use these functions, so every component accepts and rejects
+exactly the same bodies with exactly the same messages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+from serving_core import contract
+from serving_core.errors import InvalidArgument, NotFound
+
+RequestFormat = Literal["row", "columnar"]
+
+# TF Serving's own URL grammar (HttpRestApiHandler::kPathRegex) plus the metadata suffix.
+_MODEL_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?::(?P<verb>[^/:]+)|/(?P<resource>metadata))?/?$"
+)
+
+
+@dataclass(frozen=True)
+class ModelPath:
+    name: str
+    version: int | None
+    label: str | None
+    verb: str | None  # "predict", "classify", "regress", or None
+    metadata: bool
+
+
+def parse_model_path(path: str) -> ModelPath:
+    """Split `/v1/models/NAME[/versions/N][:verb|/metadata]`; NotFound/InvalidArgument otherwise."""
+    m = _MODEL_PATH.match(path)
+    if m is None:
+        raise NotFound(f"Malformed request: {path}")
+    version: int | None = None
+    if m["version"] is not None:
+        if not m["version"].isdigit() or int(m["version"]) <= 0:
+            raise InvalidArgument(f"Model version must be a positive integer, got '{m['version']}'")
+        version = int(m["version"])
+    verb = m["verb"]
+    if verb is not None and verb not in ("predict", "classify", "regress"):
+        raise NotFound(f"Unsupported verb '{verb}' in {path}")
+    return ModelPath(m["name"], version, m["label"], verb, m["resource"] == "metadata")
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    format: RequestFormat
+    signature_name: str
+    images: np.ndarray  # float32 [N, 28, 28, 1], finite
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    # api_rest.md allows NaN/Infinity tokens that strict JSON (orjson) rejects; parse them with the
+    # lenient stdlib parser so the error the client sees is about the values, not the syntax.
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"Malformed JSON in request body: {exc}") from None
+
+
+def _to_array(value: Any, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        # Ragged nesting, strings, objects: numpy names the problem; say where it was.
+        raise InvalidArgument(
+            f"'{what}' must be a nested list of numbers forming a [N, 28, 28, 1] tensor: {exc}"
+        ) from None
+    return arr
+
+
+def _named_input(obj: dict[str, Any], where: str) -> Any:
+    unknown = sorted(set(obj) - {contract.INPUT_NAME})
+    if unknown:
+        raise InvalidArgument(
+            f"Unknown input name(s) {unknown} in {where}; this model has one input named '{contract.INPUT_NAME}'"
+        )
+    if contract.INPUT_NAME not in obj:
+        raise InvalidArgument(f"Missing input '{contract.INPUT_NAME}' in {where}")
+    return obj[contract.INPUT_NAME]
+
+
+def validate_images(arr: np.ndarray, max_batch_size: int | None = None) -> np.ndarray:
+    """Check rank, shape, batch size and finiteness of a batch; returns it as contiguous float32."""
+    expected = list(contract.INSTANCE_SHAPE)
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != contract.INSTANCE_SHAPE:
+        got = list(arr.shape[1:]) if arr.ndim >= 1 else []
+        raise InvalidArgument(
+            f"Input '{contract.INPUT_NAME}' must have shape [N, 28, 28, 1] (NHWC, float32 in [0, 1]); "
+            f"each instance has shape {got}, expected {expected}"
+        )
+    if arr.shape[0] == 0:
+        raise InvalidArgument("Request has no instances: send at least one [28, 28, 1] image")
+    if max_batch_size is not None and arr.shape[0] > max_batch_size:
+        raise InvalidArgument(f"Batch of {arr.shape[0]} instances exceeds the limit of {max_batch_size} per request")
+    if not np.isfinite(arr).all():
+        raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def parse_predict_body(body: bytes, *, max_batch_size: int | None = None) -> PredictRequest:
+    """Parse and validate a `:predict` body in row (`instances`) or columnar (`inputs`) format."""
+    if not body:
+        raise InvalidArgument("Empty request body: expected a JSON object with 'instances' or 'inputs'")
+    doc = _loads(body)
+    if not isinstance(doc, dict):
+        raise InvalidArgument("Request body must be a JSON object with 'instances' or 'inputs'")
+    signature = doc.get("signature_name", contract.SIGNATURE_NAME)
+    if not isinstance(signature, str):
+        raise InvalidArgument("'signature_name' must be a string")
+    signature = signature or contract.SIGNATURE_NAME
+    if signature != contract.SIGNATURE_NAME:
+        raise InvalidArgument(
+            f'Serving signature name: "{signature}" not found in signature def (available: "{contract.SIGNATURE_NAME}")'
+        )
+    has_rows, has_cols = "instances" in doc, "inputs" in doc
+    if has_rows and has_cols:
+        raise InvalidArgument("Request can have either 'instances' (row format) or 'inputs' (columnar), not both")
+    unknown = sorted(set(doc) - {"instances", "inputs", "signature_name"})
+    if unknown:
+        raise InvalidArgument(f"Unknown key(s) {unknown} in request; expected 'instances' or 'inputs'")
+    fmt: RequestFormat
+    if has_rows:
+        fmt = "row"
+        instances = doc["instances"]
+        if not isinstance(instances, list):
+            raise InvalidArgument("'instances' must be a list (one entry per image)")
+        if not instances:
+            raise InvalidArgument("'instances' is empty: send at least one [28, 28, 1] image")
+        if isinstance(instances[0], dict):
+            if not all(isinstance(i, dict) for i in instances):
+                raise InvalidArgument("'instances' mixes objects and plain tensors")
+            instances = [_named_input(i, "an instance") for i in instances]
+        arr = _to_array(instances, "instances")
+    elif has_cols:
+        fmt = "columnar"
+        inputs = doc["inputs"]
+        if isinstance(inputs, dict):
+            inputs = _named_input(inputs, "'inputs'")
+        arr = _to_array(inputs, "inputs")
+    else:
+        raise InvalidArgument("Missing 'instances' or 'inputs' key in request body")
+    return PredictRequest(fmt, signature, validate_images(arr, max_batch_size))
+
+
+def predict_response(fmt: RequestFormat, outputs: dict[str, np.ndarray]) -> bytes:
+    """Render outputs as TF Serving does: a list of per-instance objects (row) or named columns."""
+    probs = np.asarray(outputs[contract.OUTPUT_PROBABILITIES], dtype=np.float32)
+    classes = np.asarray(outputs[contract.OUTPUT_CLASSES], dtype=np.int64)
+    if fmt == "columnar":
+        doc: dict[str, Any] = {"outputs": {contract.OUTPUT_PROBABILITIES: probs, contract.OUTPUT_CLASSES: classes}}
+    else:
+        doc = {
+            "predictions": [
+                {contract.OUTPUT_PROBABILITIES: p, contract.OUTPUT_CLASSES: int(c)}
+                for p, c in zip(probs, classes, strict=True)
+            ]
+        }
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def parse_predict_response(doc: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Inverse of `predict_response` (for the gateway and clients): named numpy outputs."""
+    if "predictions" in doc:
+        preds = doc["predictions"]
+        probs = np.asarray([p[contract.OUTPUT_PROBABILITIES] for p in preds], dtype=np.float32)
+        classes = np.asarray([p[contract.OUTPUT_CLASSES] for p in preds], dtype=np.int64)
+    elif "outputs" in doc:
+        out = doc["outputs"]
+        probs = np.asarray(out[contract.OUTPUT_PROBABILITIES], dtype=np.float32)
+        classes = np.asarray(out[contract.OUTPUT_CLASSES], dtype=np.int64)
+    else:
+        raise InvalidArgument("Response has neither 'predictions' nor 'outputs'")
+    return {contract.OUTPUT_PROBABILITIES: probs, contract.OUTPUT_CLASSES: classes}
+
+
+def model_status_json(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """GetModelStatusResponse in proto3 JSON (versions as strings, as TF Serving renders int64)."""
+    return {"model_version_status": entries}
+
+
+def model_metadata_json(name: str, version: int, signature_defs: dict[str, Any]) -> dict[str, Any]:
+    """GetModelMetadataResponse as TF Serving's REST metadata endpoint renders it."""
+    return {
+        "model_spec": {"name": name, "signature_name": "", "version": str(version)},
+        "metadata": {"signature_def": {"signature_def": signature_defs}},
+    }
