@@ -27,10 +27,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def http_ok(url: str, timeout: float = 1.0) -> bool:
+def http_ok(url: str, timeout: float = 1.0, body_contains: str | None = None) -> bool:
+    """True when `url` answers 2xx (and, if `body_contains` is given, its body contains that text).
+
+    The body check exists for TF Serving's readiness: `GET /v1/models/cnn` answers 200 while the
+    model is still LOADING, so only the text `"AVAILABLE"` in the body means ready.
+    """
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return 200 <= resp.status < 300
+            if not 200 <= resp.status < 300:
+                return False
+            return body_contains is None or body_contains in resp.read().decode("utf-8", "replace")
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
 
@@ -49,15 +56,30 @@ class ManagedProcess:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # Ready only when the answer's body contains this text (see http_ok); None = any 2xx.
+    ready_body: str | None = None
 
     @classmethod
     def python_module(
-        cls, name: str, module: str, *, ready_url: str | None, log_dir: Path, env: Mapping[str, str],
-        args: Sequence[str] = (), cwd: Path | None = None,
+        cls,
+        name: str,
+        module: str,
+        *,
+        ready_url: str | None,
+        log_dir: Path,
+        env: Mapping[str, str],
+        args: Sequence[str] = (),
+        cwd: Path | None = None,
+        ready_body: str | None = None,
     ) -> ManagedProcess:
         return cls(
-            name=name, argv=[sys.executable, "-m", module, *args], ready_url=ready_url,
-            log_path=Path(log_dir) / f"{name}.log", env=dict(env), cwd=cwd,
+            name=name,
+            argv=[sys.executable, "-m", module, *args],
+            ready_url=ready_url,
+            log_path=Path(log_dir) / f"{name}.log",
+            env=dict(env),
+            cwd=cwd,
+            ready_body=ready_body,
         )
 
     def start(self) -> ManagedProcess:
@@ -65,8 +87,13 @@ class ManagedProcess:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
         self.proc = subprocess.Popen(
-            list(self.argv), env=full_env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            list(self.argv),
+            env=full_env,
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
         return self
@@ -87,13 +114,15 @@ class ManagedProcess:
         while time.monotonic() < deadline:
             if not self.alive:
                 code = self.proc.returncode if self.proc else None
-                raise ServiceFailed(f"{self.name} exited with code {code} before it was ready; "
-                                    f"last log lines:\n{self.log_tail()}")
-            if self.ready_url is None or http_ok(self.ready_url):
+                raise ServiceFailed(
+                    f"{self.name} exited with code {code} before it was ready; last log lines:\n{self.log_tail()}"
+                )
+            if self.ready_url is None or http_ok(self.ready_url, body_contains=self.ready_body):
                 return
             time.sleep(interval)
-        raise ServiceFailed(f"{self.name} not ready at {self.ready_url} after {timeout:.0f}s; "
-                            f"last log lines:\n{self.log_tail()}")
+        raise ServiceFailed(
+            f"{self.name} not ready at {self.ready_url} after {timeout:.0f}s; last log lines:\n{self.log_tail()}"
+        )
 
     def signal(self, sig: int) -> None:
         if self.alive and self.proc is not None:
