@@ -1,0 +1,54 @@
+"""The gateway app, assembled in named steps: state and lifespan, middleware, routers, error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway.api import backends, classify, compare, health, predict
+from gateway.errors import install_handlers
+from gateway.metrics import Metrics
+from gateway.middleware import GatewayMiddleware
+from gateway.service import Gateway
+from gateway.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+    gw = Gateway(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = FastAPI(
+        title="cnn-serving gateway",
+        version="0.1.0",
+        description="One REST front door for torch_service and TensorFlow Serving: TF-Serving-shaped predict "
+        "routed to either backend, side-by-side comparison, image classification, replica balancing.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    app.state.settings = settings
+
+    # Middleware: request id, API keys, body cap, metrics and access log in one ASGI layer.
+    app.add_middleware(
+        GatewayMiddleware,
+        api_keys=settings.api_keys,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        access_log=settings.access_log,
+    )
+    # Endpoints.
+    for module in (predict, compare, classify, backends, health):
+        app.include_router(module.router)
+    # Exception handlers: every error leaves as {"error": ...} with its status.
+    install_handlers(app)
+    return app

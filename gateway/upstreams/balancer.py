@@ -1,0 +1,128 @@
+"""Replica bookkeeping and the choice of replica per call (least outstanding requests or round robin).
+
+Passive health lives here too: a replica whose call fails at the transport level is ejected for a
+cool-down and only returns once an active probe (health.py) has answered.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Policy = Literal["least_outstanding", "round_robin"]
+# Ejections in a row double the cool-down up to this factor, so a flapping replica stays out longer.
+MAX_BACKOFF_FACTOR = 8
+
+
+@dataclass(eq=False)
+class Replica:
+    backend: str
+    address: str
+    outstanding: int = 0
+    # None until the first probe answers: unknown replicas take traffic, so start-up needs no probe.
+    healthy: bool | None = None
+    ejected: bool = False
+    ejected_until: float = 0.0
+    consecutive_failures: int = 0
+    loaded_version: int | None = None
+    last_error: str | None = None
+    requests: int = 0
+    errors: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+
+    @property
+    def available(self) -> bool:
+        return not self.ejected and self.healthy is not False
+
+    def record_success(self, latency_ms: float) -> None:
+        self.requests += 1
+        self.consecutive_failures = 0
+        self.latencies_ms.append(latency_ms)
+
+    def record_failure(self, reason: str, cooldown_s: float, now: float | None = None) -> None:
+        """Transport-level failure: out of rotation for the cool-down, back after a good probe."""
+        now = time.monotonic() if now is None else now
+        self.requests += 1
+        self.errors += 1
+        self.consecutive_failures += 1
+        self.last_error = reason
+        factor = min(2 ** (self.consecutive_failures - 1), MAX_BACKOFF_FACTOR)
+        self.ejected = True
+        self.ejected_until = now + cooldown_s * factor
+
+    def record_probe(self, ok: bool, version: int | None, error: str | None, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.healthy = ok
+        if ok:
+            self.loaded_version = version
+            if self.ejected and now >= self.ejected_until:
+                self.ejected = False
+        else:
+            self.last_error = error
+
+    def snapshot(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        recent: dict[str, Any] = {"count": len(lat)}
+        if lat:
+            recent |= {
+                "p50_ms": round(statistics.median(lat), 3),
+                "p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 3),
+                "mean_ms": round(sum(lat) / len(lat), 3),
+            }
+        return {
+            "address": self.address,
+            "healthy": self.healthy,
+            "ejected": self.ejected,
+            "in_rotation": self.available,
+            "loaded_version": self.loaded_version,
+            "outstanding": self.outstanding,
+            "requests": self.requests,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "recent_latency": recent,
+        }
+
+
+class Balancer:
+    """Picks a replica among those in rotation; if none is, tries the others anyway (panic mode,
+    as Envoy does) so a wrong health verdict can never take a whole backend down by itself."""
+
+    def __init__(self, replicas: Sequence[Replica], policy: Policy = "least_outstanding") -> None:
+        if not replicas:
+            raise ValueError("a balancer needs at least one replica")
+        self.replicas = list(replicas)
+        self.policy = policy
+        self._next = 0
+        self._pick: Callable[[list[Replica]], Replica] = (
+            self._least_outstanding if policy == "least_outstanding" else self._round_robin
+        )
+
+    def pick(self, exclude: Sequence[Replica] = ()) -> Replica | None:
+        """The replica for the next call, or None when every replica is in `exclude`."""
+        if len(self.replicas) == 1 and not exclude:
+            return self.replicas[0]  # the common single-replica case, without list building
+        candidates = [r for r in self.replicas if r.available and r not in exclude]
+        if not candidates:
+            candidates = [r for r in self.replicas if r not in exclude]
+            if not candidates:
+                return None
+        return self._pick(candidates)
+
+    def _round_robin(self, candidates: list[Replica]) -> Replica:
+        self._next += 1
+        return candidates[self._next % len(candidates)]
+
+    def _least_outstanding(self, candidates: list[Replica]) -> Replica:
+        # Start the scan at a rotating offset so ties (e.g. all idle) spread evenly across replicas.
+        self._next += 1
+        n = len(candidates)
+        best = candidates[self._next % n]
+        for i in range(1, n):
+            r = candidates[(self._next + i) % n]
+            if r.outstanding < best.outstanding:
+                best = r
+        return best

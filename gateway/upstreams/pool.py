@@ -1,0 +1,158 @@
+"""A backend as the gateway sees it: replicas, a balancer, and the retry/ejection rules around a call.
+
+Transports (rest.py, grpc.py) only say how to send one call to one replica and classify failures:
+`ReplicaDown` (connection-level: eject, retry elsewhere), `UpstreamTimeout`, or an answered error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from gateway.errors import BadGateway, UpstreamTimeout, UpstreamUnavailable
+from gateway.upstreams.balancer import Balancer, Replica
+from gateway.validation import PredictRequest, RequestFormat
+from serving_core.errors import ServingError
+from serving_core.tfs_rest import parse_predict_response, predict_response
+
+
+class ReplicaDown(Exception):
+    """The replica could not be reached or dropped the connection (safe to retry: predict is idempotent)."""
+
+
+@dataclass(slots=True)
+class PredictResult:
+    """One upstream answer. REST keeps the answer's bytes (passed through untouched); gRPC keeps
+    decoded arrays. Each side is derived from the other only when a caller needs it."""
+
+    body: bytes | None  # TF-Serving REST JSON
+    version: str | None
+    latency_ms: float
+    replica: str
+    fmt: RequestFormat
+    tensors: dict[str, np.ndarray] | None = None
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        if self.tensors is None:
+            try:
+                self.tensors = parse_predict_response(orjson.loads(self.body or b"{}"))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ServingError) as exc:
+                raise BadGateway(f"upstream {self.replica} answered an unexpected body: {exc}") from None
+        return self.tensors
+
+    def json_body(self) -> bytes:
+        if self.body is None:
+            try:
+                self.body = predict_response(self.fmt, self.outputs())
+            except KeyError as exc:
+                raise BadGateway(f"upstream {self.replica} answered without output {exc}") from None
+        return self.body
+
+
+class Transport(Protocol):
+    protocol: str
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def predict(
+        self, replica: Replica, model: str, version: str | None, inp: PredictRequest, raw_body: bytes | None
+    ) -> PredictResult: ...
+    async def probe(self, replica: Replica, model: str) -> int | None: ...
+
+
+class BackendPool:
+    """One backend (torch or tf): picks a replica, sends, ejects on transport failure, retries once."""
+
+    def __init__(
+        self,
+        name: str,
+        transport: Transport,
+        replicas: list[Replica],
+        balancer: Balancer,
+        *,
+        eject_cooldown_s: float,
+        retry: bool,
+        on_upstream_error: Callable[[str, str, str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.transport = transport
+        self.replicas = replicas
+        self.balancer = balancer
+        self.eject_cooldown_s = eject_cooldown_s
+        self.retry = retry
+        self._on_error = on_upstream_error or (lambda backend, replica, kind: None)
+
+    @property
+    def protocol(self) -> str:
+        return self.transport.protocol
+
+    @property
+    def ready(self) -> bool:
+        return any(r.healthy and not r.ejected for r in self.replicas)
+
+    async def predict(
+        self, model: str, version: str | None, inp: PredictRequest, raw_body: bytes | None
+    ) -> PredictResult:
+        return await self._call(lambda r: self.transport.predict(r, model, version, inp, raw_body))
+
+    async def _call(self, send: Callable[[Replica], Awaitable[PredictResult]]) -> PredictResult:
+        tried: list[Replica] = []
+        attempts = 2 if self.retry else 1
+        last_error = "no replica configured"
+        for _ in range(attempts):
+            replica = self.balancer.pick(tried)
+            if replica is None:
+                break
+            tried.append(replica)
+            replica.outstanding += 1
+            start = time.perf_counter()
+            try:
+                result = await send(replica)
+            except ReplicaDown as exc:
+                last_error = f"{replica.address}: {exc}"
+                replica.record_failure(str(exc), self.eject_cooldown_s)
+                self._on_error(self.name, replica.address, "unavailable")
+                continue
+            except UpstreamTimeout:
+                # A stuck replica is ejected too, but the call is not repeated: it already used its budget.
+                replica.record_failure("timeout", self.eject_cooldown_s)
+                self._on_error(self.name, replica.address, "timeout")
+                raise
+            except Exception:
+                self._on_error(self.name, replica.address, "error")
+                raise
+            finally:
+                replica.outstanding -= 1
+            latency_ms = (time.perf_counter() - start) * 1000.0
+            replica.record_success(latency_ms)
+            result.latency_ms = latency_ms
+            if result.version is None and replica.loaded_version is not None:
+                result.version = str(replica.loaded_version)
+            return result
+        raise UpstreamUnavailable(f"{self.name} backend unavailable ({last_error})")
+
+    async def probe_all(self, model: str) -> None:
+        import asyncio
+
+        await asyncio.gather(*(self._probe(r, model) for r in self.replicas))
+
+    async def _probe(self, replica: Replica, model: str) -> None:
+        try:
+            version = await self.transport.probe(replica, model)
+        except Exception as exc:  # any failure means "not ready"; the message is shown in /v1/backends
+            replica.record_probe(False, None, f"probe: {exc}" if str(exc) else f"probe: {type(exc).__name__}")
+        else:
+            replica.record_probe(version is not None, version, None if version else "probe: no AVAILABLE version")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "balancer": self.balancer.policy,
+            "ready": self.ready,
+            "replicas": [r.snapshot() for r in self.replicas],
+        }
