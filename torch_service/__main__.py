@@ -1,0 +1,53 @@
+"""`python -m torch_service`: validate settings, build the app, and serve it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+
+
+def main() -> int:
+    from serving_core.batching import BatchingConfigError
+    from torch_service.model import DeviceError
+    from torch_service.settings import Settings, describe_validation_error
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"torch_service: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    import uvicorn
+
+    from torch_service.app import create_app
+
+    try:
+        app = create_app(settings)
+    except (BatchingConfigError, DeviceError) as exc:
+        hint = " (or set TORCH_SERVICE_ENABLE_BATCHING=false)" if isinstance(exc, BatchingConfigError) else ""
+        print(f"torch_service: {exc}{hint}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",  # uvloop when installed
+        http="auto",  # httptools when installed
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s) or None,
+        log_config=None,  # keep the logging set up above
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn returns normally when start-up (model loading) failed; say so with a non-zero code.
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""`create_app(settings)`: the FastAPI application, assembled in named steps (state, middleware, routes, errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from torch_service import __version__
+from torch_service.errors import install_exception_handlers
+from torch_service.middleware import ServingMiddleware
+from torch_service.protocol import rest_v1, rest_v2
+from torch_service.runtime import ModelRuntime
+from torch_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _lifespan(runtime: ModelRuntime):
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Load and warm up before the server takes traffic; blocking work stays off the event loop.
+        await asyncio.to_thread(runtime.start)
+        try:
+            yield
+        finally:
+            # uvicorn has already finished in-flight requests; this drains the batch queues and unloads.
+            await asyncio.to_thread(runtime.stop)
+
+    return lifespan
+
+
+def _add_operational_routes(app: FastAPI) -> None:
+    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        rt: ModelRuntime = request.app.state.runtime
+        return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    runtime = ModelRuntime.build(settings)  # fails fast on a bad device or batching file
+    app = FastAPI(
+        title="torch_service",
+        version=__version__,
+        description="TorchScript CNN behind TensorFlow Serving's REST API and the Open Inference Protocol (v2).",
+        lifespan=_lifespan(runtime),
+    )
+    app.state.runtime = runtime
+    app.add_middleware(ServingMiddleware, metrics=runtime.metrics, max_body_bytes=settings.max_body_bytes)
+    app.include_router(rest_v1.router)
+    app.include_router(rest_v2.router)
+    _add_operational_routes(app)
+    install_exception_handlers(app)
+    return app

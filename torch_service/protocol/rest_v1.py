@@ -1,0 +1,73 @@
+"""TensorFlow Serving's REST API (g3doc/api_rest.md): model status, metadata, and `:predict`.
+
+Parsing and rendering live in `serving_core.tfs_rest`, so this server and the TF-Serving-compatible
+one accept, reject and answer byte for byte alike.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving_core import contract
+from serving_core.errors import InvalidArgument, NotFound
+from serving_core.tfs_rest import (
+    model_metadata_json,
+    model_status_json,
+    parse_model_path,
+    parse_predict_body,
+    predict_response,
+)
+from torch_service.protocol.common import json_body_doc, json_response, parse, runtime
+
+router = APIRouter(tags=["TensorFlow Serving REST API (v1)"])
+
+_PREDICT_DOC = json_body_doc(
+    {"signature_name": "serving_default", "instances": [[[[0.0]] * 28] * 28]},
+    'Row format `{"instances": [...]}` or columnar `{"inputs": ...}`; each instance is a [28, 28, 1] image.',
+)
+
+
+@router.get(
+    "/v1/models/{model_path:path}",
+    summary="Model status (`/v1/models/cnn[/versions/N]`) or metadata (`.../metadata`)",
+)
+async def v1_get(request: Request) -> Response:
+    rt = runtime(request)
+    mp = parse_model_path(request.url.path)
+    if mp.verb is not None:
+        raise NotFound(f"Malformed request: GET {request.url.path} (use POST for :{mp.verb})")
+    if mp.label is not None:
+        raise InvalidArgument(f"Unrecognized servable version label: {mp.label}")
+    if mp.name != rt.settings.model_name:
+        raise NotFound(f"Could not find any versions of model {mp.name}")
+    if mp.metadata:
+        version = rt.manager.resolve(mp.version)
+        sigs = {contract.SIGNATURE_NAME: contract.signature_def_json()}
+        return json_response(model_metadata_json(mp.name, version, sigs))
+    return json_response(model_status_json(rt.manager.status(mp.version)))
+
+
+@router.post(
+    "/v1/models/{model_path:path}",
+    summary="Predict: `/v1/models/cnn[/versions/N]:predict`",
+    openapi_extra=_PREDICT_DOC,
+)
+async def v1_post(request: Request) -> Response:
+    rt = runtime(request)
+    mp = parse_model_path(request.url.path)
+    if mp.verb is None:
+        raise NotFound(f"Malformed request: POST {request.url.path}")
+    if mp.label is not None:
+        raise InvalidArgument(f"Unrecognized servable version label: {mp.label}")
+    rt.check_name(mp.name)
+    if mp.verb != "predict":
+        raise InvalidArgument(
+            f"Expected {mp.verb} signature method_name to be tensorflow/serving/{mp.verb}. "
+            f"Was: {contract.PREDICT_METHOD_NAME} (this model only supports :predict)"
+        )
+    body = await request.body()
+    req = await parse(body, parse_predict_body, max_batch_size=rt.sched.request_limit)
+    _, outputs = await rt.predict(mp.version, req.images)
+    return Response(predict_response(req.format, outputs), media_type="application/json")

@@ -1,0 +1,102 @@
+"""What the endpoints share: settings, metrics and the version manager of the one served model."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from serving_core.batching import BatchingParameters, Outputs, load_batching_parameters
+from serving_core.errors import NotFound
+from serving_core.repository import ServableManager
+from torch_service.metrics import Metrics
+from torch_service.model import SchedulerConfig, TorchServable, load_servable, resolve_device, unload_servable
+from torch_service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRuntime:
+    settings: Settings
+    metrics: Metrics
+    device: torch.device
+    sched: SchedulerConfig
+    manager: ServableManager[TorchServable]
+
+    @classmethod
+    def build(cls, settings: Settings) -> ModelRuntime:
+        """Resolve device and batching parameters now, so bad settings fail before the server starts."""
+        metrics = Metrics()
+        device = resolve_device(settings.device)
+        batching: BatchingParameters | None = None
+        if settings.enable_batching:
+            batching = load_batching_parameters(settings.batching_file)
+        sched = SchedulerConfig(
+            batching=batching,
+            inference_threads=settings.resolved_inference_threads,
+            max_in_flight=settings.max_in_flight,
+            max_request_instances=settings.max_request_instances,
+            on_batch=metrics.observe_batch,
+        )
+        manager: ServableManager[TorchServable] = ServableManager(
+            name=settings.model_name,
+            base_path=settings.model_base_path,
+            loader=functools.partial(load_servable, device=device, sched=sched),
+            unloader=unload_servable,
+            policy=settings.policy,
+            poll_interval_s=settings.poll_interval_s,
+        )
+        rt = cls(settings, metrics, device, sched, manager)
+        manager.on_change = rt._publish_versions
+        return rt
+
+    def _publish_versions(self) -> None:
+        known = [int(s["version"]) for s in self._status_or_empty()]
+        self.metrics.set_versions(self.settings.model_name, known, self.manager.available_versions())
+
+    def _status_or_empty(self) -> list[dict]:
+        try:
+            return self.manager.status()
+        except NotFound:
+            return []
+
+    def configure_threads(self) -> None:
+        s = self.settings
+        if s.num_threads:
+            torch.set_num_threads(s.num_threads)
+        if s.num_interop_threads:
+            try:
+                torch.set_num_interop_threads(s.num_interop_threads)
+            except RuntimeError as exc:  # only allowed before torch's first parallel work in this process
+                log.warning("cannot set interop threads: %s", exc)
+
+    def start(self) -> None:
+        """Blocking: load what the policy asks for (before the server reports ready), then poll."""
+        self.configure_threads()
+        if not self.settings.model_base_path.is_dir():
+            log.warning("model base path %s does not exist (yet); polling for it", self.settings.model_base_path)
+        self.manager.start()
+        self._publish_versions()
+        log.info(
+            "serving %s versions %s on %s (batching %s)",
+            self.settings.model_name,
+            self.manager.available_versions(),
+            self.device,
+            "on" if self.sched.batching else "off",
+        )
+
+    def stop(self) -> None:
+        """Blocking: stop polling, drain each version's queue, unload."""
+        self.manager.stop()
+
+    def check_name(self, name: str) -> None:
+        if name != self.settings.model_name:
+            raise NotFound(f"Servable not found for request: Latest({name})")
+
+    async def predict(self, version: int | None, images: np.ndarray) -> tuple[int, Outputs]:
+        with self.manager.acquire(version) as (v, servable):
+            return v, await servable.predict(images, self.settings.request_timeout_s)
