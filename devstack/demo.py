@@ -40,9 +40,11 @@ def new_log_dir(settings: StackSettings) -> Path:
 
 def prepare_model(settings: StackSettings, log_dir: Path, *, force: bool, trainer_args: Sequence[str]) -> int:
     t0 = time.monotonic()
-    say(f"model repository: {settings.model_repository}")
+    say(f"model repository: {settings.model_repository} (training if it holds no version; log: {log_dir}/trainer.log)")
+    # Progress bars only clutter a log file.
+    args = ["--no-progress", *trainer_args]
     version, trained = ensure_model(
-        settings.model_repository, force=force, trainer_args=trainer_args, log_path=log_dir / "trainer.log"
+        settings.model_repository, force=force, trainer_args=args, log_path=log_dir / "trainer.log"
     )
     if trained:
         say(f"trained and published version {version} in {time.monotonic() - t0:.0f}s")
