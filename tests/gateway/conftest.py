@@ -1,0 +1,95 @@
+"""Fixtures for gateway tests: real processes on free loopback ports (stand-in backends, the
+gateway itself, and the real backends) stopped at the end of each test or session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.process import ManagedProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+QUIET = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+
+Starter = Callable[..., tuple[ManagedProcess, str]]
+
+
+class Procs:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[ManagedProcess] = []
+
+    def start(self, proc: ManagedProcess, timeout: float = 120.0) -> ManagedProcess:
+        self.procs.append(proc)
+        proc.start()
+        proc.wait_ready(timeout)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(grace=5)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path / "logs")
+    yield p
+    p.stop_all()
+
+
+def standin(
+    procs: Procs, name: str, *, grpc: bool = False, rest_port: int | None = None, grpc_port: int | None = None
+) -> tuple[ManagedProcess, str, str | None]:
+    """Start tests/gateway/standin.py; returns (process, REST URL, gRPC target or None)."""
+    rest_port = rest_port or free_port()
+    args = ["--rest-port", str(rest_port), "--name", name]
+    target = None
+    if grpc:
+        grpc_port = grpc_port or free_port()
+        args += ["--grpc-port", str(grpc_port)]
+        target = f"127.0.0.1:{grpc_port}"
+    url = f"http://127.0.0.1:{rest_port}"
+    proc = ManagedProcess.python_module(
+        name,
+        "tests.gateway.standin",
+        ready_url=f"{url}/v1/models/cnn",
+        log_dir=procs.log_dir,
+        env=QUIET,
+        args=args,
+        cwd=ROOT,
+    )
+    procs.start(proc, timeout=60)
+    return proc, url, target
+
+
+def gateway(procs: Procs, **env: str) -> tuple[ManagedProcess, str]:
+    """Start `python -m gateway` with GATEWAY_* settings given as keyword arguments (lower-case names)."""
+    port = free_port()
+    full = {**QUIET, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)}
+    full |= {f"GATEWAY_{k.upper()}": v for k, v in env.items()}
+    url = f"http://127.0.0.1:{port}"
+    proc = ManagedProcess.python_module(
+        "gateway", "gateway", ready_url=f"{url}/healthz", log_dir=procs.log_dir, env=full, cwd=ROOT
+    )
+    procs.start(proc, timeout=60)
+    return proc, url
+
+
+def unused_target() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def unused_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loopback only: a proxy from the environment must never see test traffic.
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,137 @@
+"""Replica choice, passive ejection with cool-down, re-admission by probe, retry rules."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.upstreams.balancer import Balancer, Replica
+from gateway.upstreams.pool import BackendPool, PredictResult, ReplicaDown
+from gateway.validation import from_images
+
+
+def replicas(n: int) -> list[Replica]:
+    return [Replica("torch", f"r{i}") for i in range(n)]
+
+
+def test_round_robin_cycles_evenly() -> None:
+    rs = replicas(3)
+    b = Balancer(rs, "round_robin")
+    picks = Counter(b.pick().address for _ in range(300))  # type: ignore[union-attr]
+    assert picks == {"r0": 100, "r1": 100, "r2": 100}
+
+
+def test_least_outstanding_prefers_idle_replica_and_spreads_ties() -> None:
+    rs = replicas(3)
+    rs[0].outstanding, rs[1].outstanding, rs[2].outstanding = 5, 0, 2
+    b = Balancer(rs)
+    assert all(b.pick() is rs[1] for _ in range(10))
+    for r in rs:
+        r.outstanding = 0
+    assert {b.pick().address for _ in range(6)} == {"r0", "r1", "r2"}  # type: ignore[union-attr]
+
+
+def test_ejected_replica_gets_no_traffic_until_probe_after_cooldown() -> None:
+    rs = replicas(2)
+    b = Balancer(rs)
+    rs[0].record_failure("refused", cooldown_s=5.0, now=100.0)
+    assert rs[0].ejected and not rs[0].available
+    assert all(b.pick() is rs[1] for _ in range(10))
+    rs[0].record_probe(True, 3, None, now=102.0)  # healthy, but still cooling down
+    assert rs[0].ejected
+    rs[0].record_probe(True, 3, None, now=105.1)
+    assert not rs[0].ejected and rs[0].available and rs[0].loaded_version == 3
+
+
+def test_cooldown_doubles_for_failures_in_a_row_and_is_capped() -> None:
+    r = Replica("tf", "a")
+    for _ in range(10):
+        r.record_failure("x", cooldown_s=1.0, now=0.0)
+    assert r.ejected_until == 8.0
+    r.record_success(1.0)
+    r.record_failure("x", cooldown_s=1.0, now=0.0)
+    assert r.ejected_until == 1.0
+
+
+def test_failed_probe_takes_replica_out_and_panic_mode_still_answers() -> None:
+    rs = replicas(2)
+    b = Balancer(rs)
+    rs[0].record_probe(False, None, "down")
+    rs[1].record_probe(False, None, "down")
+    # Every replica looks bad: try them anyway rather than refuse (the verdict may be stale).
+    assert b.pick() in rs
+    assert b.pick(exclude=rs) is None
+
+
+class FakeTransport:
+    """In-process transport: the BackendPool logic under test is real; the network is not needed here."""
+
+    protocol = "rest"
+
+    def __init__(self, behaviour: dict[str, str]) -> None:
+        self.behaviour = behaviour
+        self.calls: list[str] = []
+
+    async def predict(self, replica, model, version, inp, raw_body):  # type: ignore[no-untyped-def]
+        self.calls.append(replica.address)
+        kind = self.behaviour.get(replica.address, "ok")
+        if kind == "down":
+            raise ReplicaDown("connection refused")
+        if kind == "timeout":
+            raise UpstreamTimeout("timed out")
+        await asyncio.sleep(0)
+        return PredictResult(b"{}", None, 0.0, replica.address, inp.format)
+
+
+def pool(rs: list[Replica], behaviour: dict[str, str], retry: bool = True) -> tuple[BackendPool, FakeTransport]:
+    t = FakeTransport(behaviour)
+    return BackendPool("torch", t, rs, Balancer(rs), eject_cooldown_s=5.0, retry=retry), t  # type: ignore[arg-type]
+
+
+REQ = from_images(np.zeros((1, 28, 28, 1), np.float32))
+
+
+async def test_connection_error_retried_once_on_another_replica_and_ejected() -> None:
+    rs = replicas(2)
+    rs[0].loaded_version = rs[1].loaded_version = 7
+    p, t = pool(rs, {"r0": "down"})
+    results = [await p.predict("cnn", None, REQ, None) for _ in range(4)]
+    assert all(r.replica == "r1" for r in results)
+    assert all(r.version == "7" for r in results)  # from the probe when the answer names none
+    assert rs[0].ejected and rs[0].errors == 1
+    assert t.calls.count("r0") == 1  # ejected after the first failure: no further traffic
+
+
+async def test_all_replicas_down_is_503_after_one_retry() -> None:
+    rs = replicas(3)
+    p, t = pool(rs, {"r0": "down", "r1": "down", "r2": "down"})
+    with pytest.raises(UpstreamUnavailable, match="torch backend unavailable"):
+        await p.predict("cnn", None, REQ, None)
+    assert len(t.calls) == 2
+
+
+async def test_timeout_is_not_retried() -> None:
+    rs = replicas(2)
+    p, t = pool(rs, {"r0": "timeout", "r1": "timeout"})
+    with pytest.raises(UpstreamTimeout):
+        await p.predict("cnn", None, REQ, None)
+    assert len(t.calls) == 1
+
+
+async def test_retry_disabled_by_setting() -> None:
+    rs = replicas(2)
+    p, t = pool(rs, {"r0": "down", "r1": "down"}, retry=False)
+    with pytest.raises(UpstreamUnavailable):
+        await p.predict("cnn", None, REQ, None)
+    assert len(t.calls) == 1
+
+
+async def test_outstanding_counts_return_to_zero() -> None:
+    rs = replicas(2)
+    p, _ = pool(rs, {"r0": "timeout"})
+    await asyncio.gather(*(p.predict("cnn", None, REQ, None) for _ in range(20)), return_exceptions=True)
+    assert [r.outstanding for r in rs] == [0, 0]

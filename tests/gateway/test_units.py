@@ -1,0 +1,139 @@
+"""Settings, error mapping, tensor decoding and input validation (no servers)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import orjson
+import pytest
+
+from gateway.errors import grpc_status_to_http
+from gateway.settings import Settings, load_settings
+from gateway.validation import encode_predict_body, parse_predict
+from serving_core.errors import InvalidArgument
+
+
+def test_settings_defaults_follow_design() -> None:
+    s = Settings()
+    assert (s.host, s.port, s.default_backend, s.tf_protocol) == ("127.0.0.1", 8000, "torch", "grpc")
+    assert s.torch_urls == ["http://127.0.0.1:8080"]
+    assert s.tf_rest_urls == ["http://127.0.0.1:8501"]
+    assert s.tf_grpc_targets == ["127.0.0.1:8500"]
+    assert s.api_keys == []
+
+
+def test_settings_comma_separated_lists_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_TORCH_URLS", "http://a:1/, http://b:2")
+    monkeypatch.setenv("GATEWAY_TF_GRPC_TARGETS", "x:1,y:2")
+    monkeypatch.setenv("GATEWAY_API_KEYS", "k1,k2")
+    monkeypatch.setenv("GATEWAY_BALANCER", "round_robin")
+    s = Settings()
+    assert s.torch_urls == ["http://a:1", "http://b:2"]
+    assert s.tf_grpc_targets == ["x:1", "y:2"]
+    assert s.api_keys == ["k1", "k2"]
+    assert s.balancer == "round_robin"
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "fragment"),
+    [
+        ("GATEWAY_TORCH_URLS", "ftp://x", "not an http(s) URL"),
+        ("GATEWAY_TF_GRPC_TARGETS", "http://x:1", "host:port"),
+        ("GATEWAY_DEFAULT_BACKEND", "onnx", "GATEWAY_DEFAULT_BACKEND"),
+        ("GATEWAY_PORT", "0", "GATEWAY_PORT"),
+        ("GATEWAY_TORCH_URLS", "", "no replica"),
+    ],
+)
+def test_bad_settings_fail_fast_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, fragment: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SystemExit, match=re.escape(fragment)):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("INVALID_ARGUMENT", 400),
+        ("NOT_FOUND", 404),
+        ("UNAVAILABLE", 503),
+        ("RESOURCE_EXHAUSTED", 503),
+        ("DEADLINE_EXCEEDED", 504),
+        ("INTERNAL", 500),
+        ("UNKNOWN", 500),
+        ("FAILED_PRECONDITION", 400),
+    ],
+)
+def test_grpc_codes_map_like_tf_serving_rest(code: str, status: int) -> None:
+    assert grpc_status_to_http(code) == status
+
+
+def test_tensor_decoding_both_encodings_and_request_building() -> None:
+    from tensorflow.core.framework import tensor_pb2
+
+    from gateway.upstreams.grpc import GrpcTransport, tensor_to_numpy
+
+    t = tensor_pb2.TensorProto(dtype=1)
+    t.tensor_shape.dim.add().size = 2
+    t.tensor_shape.dim.add().size = 3
+    t.float_val.extend([1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(tensor_to_numpy(t), np.arange(1, 7, dtype=np.float32).reshape(2, 3))
+    t2 = tensor_pb2.TensorProto(dtype=9, tensor_content=np.array([3, 4], np.int64).tobytes())
+    t2.tensor_shape.dim.add().size = 2
+    assert tensor_to_numpy(t2).tolist() == [3, 4]
+    t3 = tensor_pb2.TensorProto(dtype=1, float_val=[0.5])  # compact: one value for the whole shape
+    t3.tensor_shape.dim.add().size = 4
+    assert tensor_to_numpy(t3).tolist() == [0.5] * 4
+
+    batch = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    req = GrpcTransport(timeout_s=1, health_timeout_s=1).build_request("cnn", "2", batch)
+    assert req.model_spec.version.value == 2 and req.model_spec.signature_name == "serving_default"
+    # The hand-built proto equals what tf.make_tensor_proto would send.
+    import tensorflow as tf
+
+    np.testing.assert_array_equal(tf.make_ndarray(req.inputs["images"]), batch)
+
+
+IMG = np.zeros((28, 28, 1)).tolist()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "Empty request body"),
+        (b"{not json", "Malformed JSON"),
+        (b"[1, 2]", "JSON object"),
+        (orjson.dumps({"instances": []}), "empty"),
+        (orjson.dumps({"instances": [IMG], "inputs": [IMG]}), "either"),
+        (orjson.dumps({"instances": [np.zeros((28, 28)).tolist()]}), "[N, 28, 28, 1]"),
+        (orjson.dumps({"instances": [[[["a"]] * 28] * 28]}), "nested list of numbers"),
+        (b'{"instances": [' + b"[[[NaN]]" + b",[[0]]" * 27 + b"]" * 2, "Malformed JSON"),
+        (orjson.dumps({"instances": [IMG] * 5}), "exceeds the limit of 4"),
+        (orjson.dumps({"instances": [IMG], "signature_name": "other"}), "not found in signature def"),
+        (orjson.dumps({"instances": [{"pixels": IMG}]}), "Unknown input name"),
+    ],
+)
+def test_invalid_bodies_are_rejected_with_a_message(body: bytes, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        parse_predict(body, max_batch_size=4)
+    assert fragment in exc.value.message
+
+
+def test_nan_is_rejected() -> None:
+    arr = np.zeros((1, 28, 28, 1))
+    body = orjson.dumps({"inputs": arr.tolist()}).replace(b"0.0", b"NaN", 1)
+    with pytest.raises(InvalidArgument, match="NaN or infinite"):
+        parse_predict(body, max_batch_size=4)
+
+
+@pytest.mark.parametrize("fmt", ["row", "columnar"])
+def test_valid_bodies_round_trip(fmt: str) -> None:
+    batch = np.random.default_rng(1).random((2, 28, 28, 1), dtype=np.float32)
+    key = "instances" if fmt == "row" else "inputs"
+    req = parse_predict(orjson.dumps({key: batch}, option=orjson.OPT_SERIALIZE_NUMPY), max_batch_size=4)
+    assert req.format == fmt
+    np.testing.assert_array_equal(req.images, batch)
+    again = parse_predict(encode_predict_body(req), max_batch_size=4)
+    np.testing.assert_array_equal(again.images, batch)
