@@ -1,0 +1,98 @@
+"""`python -m tf_serving.compat`: load the models, then serve REST (8501) and gRPC (8500) in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+
+def _configure_tensorflow(settings: object) -> None:
+    import tensorflow as tf
+
+    # Thread pools can only be sized before TF runs its first op.
+    tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)  # type: ignore[attr-defined]
+    tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)  # type: ignore[attr-defined]
+
+
+async def _serve(settings: object, config: object) -> None:
+    import uvicorn
+
+    from tf_serving.compat.app import create_app
+    from tf_serving.compat.grpc_server import create_grpc_server
+    from tf_serving.compat.model import ModelRegistry
+
+    registry = ModelRegistry(settings, config)  # type: ignore[arg-type]
+    await asyncio.to_thread(registry.start)
+    app = create_app(settings, registry)  # type: ignore[arg-type]
+    rest = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,  # type: ignore[attr-defined]
+            port=settings.rest_port,  # type: ignore[attr-defined]
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    grpc_server = None
+    if settings.grpc_port:  # type: ignore[attr-defined]
+        grpc_server = create_grpc_server(
+            registry,
+            host=settings.host,  # type: ignore[attr-defined]
+            port=settings.grpc_port,  # type: ignore[attr-defined]
+            max_message_bytes=settings.grpc_max_message_bytes,  # type: ignore[attr-defined]
+        )
+        await grpc_server.start()
+    logging.getLogger("tf_serving.compat").info(
+        "serving REST on %s:%s, gRPC on %s (compat server, not TensorFlow Serving)",
+        settings.host,  # type: ignore[attr-defined]
+        settings.rest_port,  # type: ignore[attr-defined]
+        settings.grpc_port or "off",  # type: ignore[attr-defined]
+    )
+    try:
+        await rest.serve()  # returns after SIGINT/SIGTERM (uvicorn installs the handlers)
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=5)
+        await asyncio.to_thread(registry.stop)
+
+
+def main() -> int:
+    from pydantic import ValidationError
+
+    from serving_core.batching import BatchingConfigError
+    from tf_serving.compat.settings import Settings, load_server_config
+    from tf_serving.config import ConfigError
+
+    try:
+        settings = Settings()
+        config = load_server_config(settings)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        print(f"tf_serving.compat: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    except (ConfigError, BatchingConfigError) as exc:
+        print(f"tf_serving.compat: invalid config: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    _configure_tensorflow(settings)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # replaced by uvicorn's handler once serving
+    try:
+        asyncio.run(_serve(settings, config))
+    except OSError as exc:
+        print(f"tf_serving.compat: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""TF Serving's gRPC API (port 8500): `tensorflow.serving.PredictionService` and `ModelService`.
+
+Uses tensorflow-serving-api's generated servicers on a grpc.aio server, in the same event loop as
+the REST app and over the same ModelRegistry. Status codes and messages follow TF Serving's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving_core import contract, tfs_rest
+from serving_core.errors import Internal, InvalidArgument, ServingError
+from tf_serving.compat.model import ModelRegistry
+
+_NP_TO_DT = {np.dtype(np.float32): 1, np.dtype(np.int64): 9}  # DT_FLOAT, DT_INT64 (types.proto)
+
+
+def tensor_to_numpy(tensor: Any) -> np.ndarray:
+    """A TensorProto as float32 numpy; the common `tensor_content` case is decoded without TensorFlow."""
+    shape = [d.size for d in tensor.tensor_shape.dim]
+    if tensor.dtype == 1 and tensor.tensor_content:  # DT_FLOAT, packed bytes (what make_tensor_proto writes)
+        arr = np.frombuffer(tensor.tensor_content, dtype="<f4")
+        if arr.size != int(np.prod(shape)):
+            raise InvalidArgument(f"tensor_content holds {arr.size} floats, shape {shape} needs {int(np.prod(shape))}")
+        return arr.reshape(shape)
+    import tensorflow as tf
+
+    try:
+        return tf.make_ndarray(tensor).astype(np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"Input '{contract.INPUT_NAME}' cannot be read as a float tensor: {exc}") from None
+
+
+def numpy_to_tensor(arr: np.ndarray) -> Any:
+    """Same bytes as tf.make_tensor_proto(arr) for float32/int64, without the TF call overhead."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    arr = np.ascontiguousarray(arr)
+    return tensor_pb2.TensorProto(
+        dtype=_NP_TO_DT[arr.dtype],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape]
+        ),
+        tensor_content=arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(),
+    )
+
+
+def _model_version(spec: Any) -> int | None:
+    which = spec.WhichOneof("version_choice")
+    if which == "version_label":
+        raise InvalidArgument(f"Unrecognized servable version label: {spec.version_label}")
+    if which == "version":
+        if spec.version.value <= 0:
+            raise InvalidArgument(f"Model version must be a positive integer, got {spec.version.value}")
+        return int(spec.version.value)
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: ServingError) -> None:
+    await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        name = request.model_spec.name
+        status = "OK"
+        try:
+            return await self._predict(request)
+        except ServingError as exc:
+            status = exc.tf_code
+            await _abort(context, exc)
+        except Exception as exc:
+            status = "INTERNAL"
+            await _abort(context, Internal(f"{type(exc).__name__}: {exc}"))
+        finally:
+            m = self.registry.metrics
+            m.request_count.inc(name, status)
+            m.request_latency.observe((time.perf_counter() - start) * 1e6, name, "predict", "GRPC")
+
+    async def _predict(self, request: Any) -> Any:
+        spec = request.model_spec
+        version = _model_version(spec)
+        sig = spec.signature_name or contract.SIGNATURE_NAME
+        if sig != contract.SIGNATURE_NAME:
+            raise InvalidArgument(f'Serving signature name: "{sig}" not found in signature def')
+        names = set(request.inputs)
+        if names != {contract.INPUT_NAME}:
+            raise InvalidArgument(
+                f"input size does not match signature: {len(names)}!=1 for inputs {sorted(names)}; "
+                f"the signature has one input named '{contract.INPUT_NAME}'"
+            )
+        unknown = [o for o in request.output_filter if o not in contract.OUTPUT_NAMES]
+        if unknown:
+            raise InvalidArgument(f"output tensor alias not found in signature: {unknown[0]}")
+        images = tfs_rest.validate_images(tensor_to_numpy(request.inputs[contract.INPUT_NAME]))
+        self.registry.manager(spec.name)  # NOT_FOUND for an unknown model before any work
+        served, outputs = await self.registry.predict(spec.name, version, images)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.signature_name = sig
+        response.model_spec.version.value = served
+        wanted = list(request.output_filter) or list(contract.OUTPUT_NAMES)
+        for out_name in wanted:
+            response.outputs[out_name].CopyFrom(numpy_to_tensor(outputs[out_name]))
+        return response
+
+    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            fields = list(request.metadata_field)
+            if not fields:
+                raise InvalidArgument("GetModelMetadataRequest must specify at least one metadata_field")
+            for f in fields:
+                if f != "signature_def":
+                    raise InvalidArgument(f"Metadata field {f} is not supported")
+            spec = request.model_spec
+            version = _model_version(spec)
+            with self.registry.acquire(spec.name, version) as (served, loaded):
+                sig_map = get_model_metadata_pb2.SignatureDefMap()
+                for key, sig in loaded.servable.signature_defs.items():
+                    sig_map.signature_def[key].CopyFrom(sig)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = spec.name
+            response.model_spec.version.value = served
+            response.metadata["signature_def"].Pack(sig_map)
+            return response
+        except ServingError as exc:
+            await _abort(context, exc)
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported by the compat server")
+
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by the compat server")
+
+    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the compat server")
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            spec = request.model_spec
+            version = _model_version(spec)
+            entries = self.registry.manager(spec.name, for_status=True).status(version)
+        except ServingError as exc:
+            await _abort(context, exc)
+            return None
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for e in entries:
+            mvs = response.model_version_status.add()
+            mvs.version = int(e["version"])
+            mvs.state = get_model_status_pb2.ModelVersionStatus.State.Value(e["state"])
+            mvs.status.error_code = _error_code(e["status"]["error_code"])
+            mvs.status.error_message = e["status"]["error_message"]
+        return response
+
+    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "HandleReloadConfigRequest is not supported: edit models.config and restart"
+        )
+
+
+def _error_code(name: str) -> int:
+    from tensorflow_serving.apis import status_pb2
+
+    codes = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type.values_by_name
+    return codes[name].number if name in codes else codes["UNKNOWN"].number
+
+
+def create_grpc_server(registry: ModelRegistry, *, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
+    """A grpc.aio server bound to host:port (not started); runs in the caller's event loop."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    return server
