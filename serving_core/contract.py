@@ -29,8 +29,10 @@ def signature_def_json() -> dict[str, Any]:
     return {
         "inputs": {INPUT_NAME: _tensor_info("DT_FLOAT", [-1, *INSTANCE_SHAPE], f"{SIGNATURE_NAME}_{INPUT_NAME}:0")},
         "outputs": {
-            OUTPUT_PROBABILITIES: _tensor_info("DT_FLOAT", [-1, NUM_CLASSES], "StatefulPartitionedCall:0"),
-            OUTPUT_CLASSES: _tensor_info("DT_INT64", [-1], "StatefulPartitionedCall:1"),
+            # tf.saved_model.save numbers a signature's outputs in sorted key order: classes first.
+            OUTPUT_PROBABILITIES: _tensor_info("DT_FLOAT", [-1, NUM_CLASSES], "StatefulPartitionedCall:1"),
+            OUTPUT_CLASSES: _tensor_info("DT_INT64", [-1], "StatefulPartitionedCall:0"),
         },
         "method_name": PREDICT_METHOD_NAME,
+        "defaults": {},  # SignatureDef.defaults (TF >= 2.15), printed empty as TF Serving prints it
     }
