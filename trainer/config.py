@@ -44,7 +44,8 @@ class TrainConfig:
     epochs: int = 20
     # Global batch (split across ranks under torchrun), small enough for many steps per epoch on 1.3k images.
     batch_size: int = 64
-    # AdamW with a one-cycle schedule tolerates a high peak LR on this tiny problem and converges fast.
+    # Peak LR of AdamW with a one-cycle schedule (warm-up, cosine decay): a high peak is fine on this
+    # tiny problem and converges fast.
     lr: float = 5e-3
     # Light decoupled weight decay: regularises without slowing convergence.
     weight_decay: float = 1e-4
@@ -117,9 +118,10 @@ def make_config(preset: str = "small", **overrides: Any) -> TrainConfig:
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     """Inverse of TrainConfig.to_dict (e.g. to rebuild a model from a published config.json)."""
     d = dict(d)
-    model = ModelConfig(**{**d.pop("model"), "channels": tuple(d["model"]["channels"])}) if "model" in d else None
     preset = d.pop("preset", "small")
-    cfg = TrainConfig(preset=preset, model=model or PRESETS[preset]["model"], **d)
+    m = d.pop("model", None)
+    model = ModelConfig(**{**m, "channels": tuple(m["channels"])}) if m else PRESETS[preset]["model"]
+    cfg = TrainConfig(preset=preset, model=model, **d)
     validate(cfg)
     return cfg
 

@@ -64,7 +64,15 @@ def train_and_publish(
 ) -> Published:
     """Single-process train + export + parity + publish. Raises TrainerError for bad input (before any
     training where it can be known) and ParityError if the exports disagree; publishes nothing then."""
-    published = run(config, Path(model_repository), version, runs_dir=runs_dir, progress=progress, ctx=DistContext())
+    published = run(
+        config,
+        Path(model_repository),
+        version,
+        runs_dir=runs_dir,
+        progress=progress,
+        verbose=progress,
+        ctx=DistContext(),
+    )
     assert published is not None  # rank 0 of a one-process job always publishes
     return published
 
@@ -76,6 +84,7 @@ def run(
     *,
     runs_dir: Path | None = None,
     progress: bool = True,
+    verbose: bool = True,
     ctx: DistContext | None = None,
 ) -> Published | None:
     """Like train_and_publish, but torchrun-aware (ctx from the environment by default). Returns None
@@ -98,7 +107,7 @@ def run(
             writer = SummaryWriter(log_dir=str(run_dir))
             writer.add_text("config", "```\n" + json.dumps(config.to_dict(), indent=2) + "\n```")
         try:
-            result = train(config, splits, device, ctx, writer=writer, progress=progress)
+            result = train(config, splits, device, ctx, writer=writer, progress=progress, verbose=verbose)
         finally:
             if writer is not None:
                 writer.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +97,20 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
     return padded[batch, 0, rows, cols].unsqueeze(1)
 
 
+def one_cycle(total_steps: int, warmup_fraction: float = 0.25) -> Callable[[int], float]:
+    """LR factor per step: linear warm-up from 1/25 to 1 over the first quarter, then cosine to 0.
+    (torch's OneCycleLR divides by zero when a smoke run has only a handful of steps.)"""
+    warmup = max(1, round(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 1 / 25 + (1 - 1 / 25) * step / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
 def to_nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
 
@@ -123,9 +139,11 @@ def train(
     ctx: DistContext,
     writer: Any = None,
     progress: bool = True,
+    verbose: bool = True,
 ) -> TrainResult:
-    """Train a CNN on splits.train, pick nothing by validation (fixed schedule), report val/test accuracy.
-    Under torchrun every rank trains its shard; the returned model is rank 0's (identical on all ranks)."""
+    """Train a CNN on splits.train with a fixed schedule (validation only reports), then measure val/test
+    accuracy. Under torchrun every rank trains its shard; the returned model is rank 0's (identical on
+    all ranks). `progress`: tqdm bars; `verbose`: one summary line per epoch (rank 0 only)."""
     from tqdm import tqdm
 
     seed_everything(cfg.seed)
@@ -149,9 +167,7 @@ def train(
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank + 1)
 
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(loader), pct_start=0.25
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(cfg.epochs * len(loader)))
 
     history: list[dict[str, float]] = []
     step = 0
@@ -200,7 +216,7 @@ def train(
         if ctx.is_main:
             val_loss, val_acc, _ = evaluate(net, splits.x_val, splits.y_val, device)
             record.update(val_loss=val_loss, val_accuracy=val_acc)
-            if progress:
+            if verbose:
                 tqdm.write(
                     f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                     f"val loss {val_loss:.4f} acc {val_acc:.4f}"
