@@ -9,8 +9,6 @@ from pydantic import ValidationError
 
 
 def main() -> int:
-    from serving_core.batching import BatchingConfigError
-    from torch_service.model import DeviceError
     from torch_service.settings import Settings, describe_validation_error
 
     try:
@@ -23,7 +21,9 @@ def main() -> int:
     )
     import uvicorn
 
+    from serving_core.batching import BatchingConfigError
     from torch_service.app import create_app
+    from torch_service.model import DeviceError
 
     try:
         app = create_app(settings)

@@ -67,6 +67,7 @@ async def v1_post(request: Request) -> Response:
             f"Expected {mp.verb} signature method_name to be tensorflow/serving/{mp.verb}. "
             f"Was: {contract.PREDICT_METHOD_NAME} (this model only supports :predict)"
         )
+    rt.manager.resolve(mp.version)  # unknown version: 404 before the body is even parsed, as TF Serving does
     body = await request.body()
     req = await parse(body, parse_predict_body, max_batch_size=rt.sched.request_limit)
     _, outputs = await rt.predict(mp.version, req.images)

@@ -190,6 +190,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     rt = runtime(request)
     rt.check_name(name)
     v = _version(version)
+    rt.manager.resolve(v)  # unknown version: 404 before the body is parsed
     body = await request.body()
     req = await parse(body, parse_infer_body, max_batch_size=rt.sched.request_limit)
     served, outputs = await rt.predict(v, req.images)
