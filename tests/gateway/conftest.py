@@ -40,6 +40,14 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
     p.stop_all()
 
 
+@pytest.fixture(scope="module")
+def module_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Procs]:
+    """For servers shared by a whole test module (starting TF-importing processes costs seconds each)."""
+    p = Procs(tmp_path_factory.mktemp("logs"))
+    yield p
+    p.stop_all()
+
+
 def standin(
     procs: Procs, name: str, *, grpc: bool = False, rest_port: int | None = None, grpc_port: int | None = None
 ) -> tuple[ManagedProcess, str, str | None]:

@@ -75,6 +75,10 @@ async def grpc_server(port: int, version: int) -> object:
     from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 
     async def predict(request: object, context: grpc.aio.ServicerContext) -> object:
+        if request.model_spec.name != "cnn":
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({request.model_spec.name})"
+            )
         t = request.inputs["images"]
         shape = [d.size for d in t.tensor_shape.dim]
         images = np.frombuffer(t.tensor_content, dtype=np.float32).reshape(shape)

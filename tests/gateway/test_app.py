@@ -1,0 +1,172 @@
+"""The gateway app in-process (TestClient): auth, body cap, request ids, routing errors, docs.
+
+Backends point at loopback ports nobody listens on, which is also what 'unreachable' must look like.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.gateway.conftest import unused_target, unused_url
+
+IMG = np.zeros((1, 28, 28, 1)).tolist()
+
+
+def make_client(**overrides: object) -> TestClient:
+    settings = Settings(torch_urls=[unused_url()], tf_grpc_targets=[unused_target()], health_timeout_s=0.2, **overrides)  # type: ignore[arg-type]
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with make_client(max_batch_size=8, max_body_bytes=200_000, max_image_bytes=50_000) as c:
+        yield c
+
+
+@pytest.fixture
+def keyed() -> Iterator[TestClient]:
+    with make_client(api_keys=["s3cret", "other-key"]) as c:
+        yield c
+
+
+def test_health_ready_and_backends_when_nothing_is_up(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["error"] == "no backend is ready"
+    doc = client.get("/v1/backends").json()
+    assert set(doc["backends"]) == {"torch", "tf"}
+    assert doc["backends"]["tf"]["protocol"] == "grpc"
+    assert doc["backends"]["torch"]["replicas"][0]["healthy"] is False
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_unreachable_backend_is_503_with_error(client: TestClient, backend: str) -> None:
+    r = client.post(f"/v1/models/cnn:predict?backend={backend}", json={"instances": IMG})
+    assert r.status_code == 503
+    assert r.json()["error"].startswith(f"{backend} backend unavailable")
+
+
+def test_compare_with_both_down_says_why_for_each(client: TestClient) -> None:
+    r = client.post("/v1/compare", json={"instances": IMG})
+    doc = r.json()
+    assert r.status_code == 503 and doc["failed"] == ["torch", "tf"]
+    assert doc["backends"]["torch"]["ok"] is False and "unavailable" in doc["backends"]["tf"]["error"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"instances": np.zeros((1, 28, 28)).tolist()}, 400, "must have shape [N, 28, 28, 1]"),
+        ({"instances": np.zeros((9, 28, 28, 1)).tolist()}, 400, "exceeds the limit of 8"),
+        ({"inputs": [[["x"]]]}, 400, "nested list of numbers"),
+        ({"instance": IMG}, 400, "Unknown key"),
+        ({"instances": IMG, "signature_name": "nope"}, 400, "not found in signature def"),
+    ],
+)
+def test_bad_input_same_error_for_both_backends(
+    client: TestClient, backend: str, body: dict, status: int, fragment: str
+) -> None:
+    r = client.post(f"/v1/models/cnn:predict?backend={backend}", content=orjson.dumps(body))
+    assert r.status_code == status and fragment in r.json()["error"]
+
+
+def test_bad_version_backend_and_json(client: TestClient) -> None:
+    r = client.post("/v1/models/cnn/versions/x:predict", json={"instances": IMG})
+    assert r.status_code == 400 and "positive integer" in r.json()["error"]
+    r = client.post("/v1/models/cnn:predict", json={"instances": IMG}, headers={"X-Backend": "onnx"})
+    assert r.status_code == 400 and "unknown backend 'onnx'" in r.json()["error"]
+    r = client.post("/v1/models/cnn:predict", content=b'{"instances": [')
+    assert r.status_code == 400 and "Malformed JSON" in r.json()["error"]
+    assert client.get("/v1/nothing-here").json() == {"error": "Not Found"}
+
+
+def test_body_cap_with_and_without_content_length(client: TestClient) -> None:
+    big = b'{"instances": [' + b"0," * 150_000 + b"0]}"
+    r = client.post("/v1/models/cnn:predict", content=big)
+    assert r.status_code == 413 and "exceeds the limit of 200000" in r.json()["error"]
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(big), 10_000):
+            yield big[i : i + 10_000]
+
+    r = client.post("/v1/models/cnn:predict", content=chunks())  # chunked transfer: no Content-Length
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
+
+
+def test_classify_input_errors(client: TestClient) -> None:
+    r = client.post("/v1/classify", content=b"garbage", headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "cannot decode image" in r.json()["error"]
+    r = client.post("/v1/classify", content=b"x" * 60_000, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 413 and "limit of 50000" in r.json()["error"]
+    r = client.post("/v1/classify", content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 415
+    r = client.post("/v1/classify", files={"image": ("a.png", b"123", "image/png")})
+    assert r.status_code == 400 and "'file'" in r.json()["error"]
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((5000, 5000), np.uint8)).save(buf, "PNG")
+    r = client.post("/v1/classify", files={"file": ("big.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 413 and "pixels" in r.json()["error"]
+
+
+def test_request_id_echoed_or_generated(client: TestClient) -> None:
+    r = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    generated = client.get("/healthz").headers["x-request-id"]
+    assert len(generated) == 32
+    r = client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert r.headers["x-request-id"] != "bad id\twith spaces"
+
+
+def test_access_log_is_one_json_line_per_request(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="gateway.access"):
+        client.post("/v1/models/cnn:predict?backend=tf", json={"instances": IMG}, headers={"X-Request-ID": "r1"})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["id"] == "r1" and line["method"] == "POST" and line["backend"] == "tf" and line["status"] == 503
+    assert line["path"] == "/v1/models/cnn:predict" and line["latency_ms"] > 0
+
+
+def test_api_keys(keyed: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        r = keyed.get("/v1/backends")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert "API key" in r.json()["error"]
+        assert keyed.get("/v1/backends", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert keyed.get("/v1/backends", headers={"Authorization": "Basic s3cret"}).status_code == 401
+        assert keyed.get("/v1/backends", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert keyed.get("/v1/backends", headers={"Authorization": "Bearer other-key"}).status_code == 200
+        r = keyed.post("/v1/models/cnn:predict", json={"instances": IMG})
+        assert r.status_code == 401
+        for open_path in ("/healthz", "/metrics", "/docs", "/openapi.json"):
+            assert keyed.get(open_path).status_code == 200, open_path
+        assert keyed.get("/readyz").status_code == 503  # open, just not ready
+    assert "s3cret" not in caplog.text and "other-key" not in caplog.text
+
+
+def test_metrics_count_requests_by_backend_and_status(client: TestClient) -> None:
+    client.post("/v1/models/cnn:predict?backend=tf", json={"instances": IMG})
+    client.post("/v1/models/cnn:predict?backend=torch", json={"instance": IMG})
+    text = client.get("/metrics").text
+    assert 'gateway_requests_total{backend="tf",endpoint="predict",status="503"} 1.0' in text
+    assert 'gateway_requests_total{backend="torch",endpoint="predict",status="400"} 1.0' in text
+    assert "gateway_request_latency_seconds_bucket" in text
+    assert 'gateway_upstream_errors_total{backend="tf"' in text
+
+
+def test_openapi_lists_the_api(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for p in ("/v1/models/{model}:predict", "/v1/compare", "/v1/classify", "/v1/backends", "/readyz"):
+        assert p in paths
