@@ -122,6 +122,10 @@ def test_service_environment_wires_backends_by_compose_name(services: dict[str, 
     assert services["gateway"]["environment"]["GATEWAY_HOST"] == "0.0.0.0"
     torch_env = services["torch_service"]["environment"]
     assert torch_env["TORCH_SERVICE_HOST"] == "0.0.0.0" and str(torch_env["TORCH_SERVICE_PORT"]) == "8080"
+    # torch_service reads the very batching file tf_serving reads (one policy for both backends).
+    batching = torch_env["TORCH_SERVICE_BATCHING_PARAMETERS_FILE"]
+    assert ("./tf_serving/batching.config", batching) in bind_mounts(services["torch_service"])
+    assert f"--batching_parameters_file={batching}" in services["tf_serving"]["command"]
 
 
 def test_model_repository_is_the_models_volume(compose: dict[str, Any], services: dict[str, Any]) -> None:
