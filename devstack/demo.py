@@ -40,7 +40,7 @@ def new_log_dir(settings: StackSettings) -> Path:
 
 def prepare_model(settings: StackSettings, log_dir: Path, *, force: bool, trainer_args: Sequence[str]) -> int:
     t0 = time.monotonic()
-    say(f"model repository: {settings.model_repository} (training if it holds no version; log: {log_dir}/trainer.log)")
+    say(f"model repository: {settings.model_repository} (trains if it holds no version; log {log_dir}/trainer.log)")
     # Progress bars only clutter a log file.
     args = ["--no-progress", *trainer_args]
     version, trained = ensure_model(
@@ -147,15 +147,22 @@ def demo(
 
 def curl_examples(settings: StackSettings) -> str:
     g = settings.url(settings.gateway_port)
-    body = '{"instances": [{"images": [[[0.0]]]}]}'
+    repo = Path(settings.model_repository).resolve()
+    make_body = (
+        f'{sys.executable} -c "import json, glob, numpy as np; '
+        f"z = np.load(sorted(glob.glob('{repo}/torchscript/cnn/*/golden.npz'))[-1]); "
+        f"print(json.dumps({{'instances': z['images'][:2].tolist()}}))\" > /tmp/body.json"
+    )
     return "\n".join(
         [
             f"  curl {g}/readyz",
+            f"  curl {g}/v1/backends",
             f"  curl {settings.url(settings.torch_port)}/v1/models/cnn",
-            f"  curl {settings.url(settings.tf_rest_port)}/v1/models/cnn",
-            f"  curl {g}/v1/models/cnn/metadata",
-            "  # a real 28x28 image: see the README's curl examples; the shape below is rejected with a clear 400",
-            f"  curl -X POST {g}/v1/models/cnn:predict -d '{body}'",
+            f"  curl {settings.url(settings.tf_rest_port)}/v1/models/cnn/metadata",
+            "  # two test images from the model's golden set, then one prediction per backend:",
+            f"  {make_body}",
+            f"  curl -X POST '{g}/v1/models/cnn:predict?backend=torch' -d @/tmp/body.json",
+            f"  curl -X POST '{g}/v1/models/cnn:predict?backend=tf' -d @/tmp/body.json",
         ]
     )
 
