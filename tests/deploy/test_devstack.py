@@ -23,7 +23,7 @@ from devstack.__main__ import main as devstack_main
 from devstack.__main__ import parse_ports
 from devstack.ensure_model import TrainingFailed, complete_versions, ensure_model, force_requested, latest_version
 from devstack.process import ServiceFailed
-from devstack.settings import StackSettings
+from devstack.settings import PORT_FIELDS, StackSettings
 from devstack.stack import PortInUse, Stack, port_in_use
 from tests.deploy.compose_files import COMPOSE, ROOT, load_yaml
 
@@ -241,3 +241,31 @@ def test_make_up_stops_every_process_on_a_signal(cli_env: dict[str, str], tmp_pa
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_writes_the_report_and_stops_everything(cli_env: dict[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("gateway.loadtest.cli", reason="the load test CLI (gateway/loadtest/cli.py) is not written yet")
+    reports = tmp_path / "reports"
+    log = tmp_path / "demo.log"
+    ports = parse_ports("auto")
+    spec = ",".join(f"{name}={ports[attr]}" for name, attr in PORT_FIELDS.items())
+    proc = _start_cli(["demo", "--ports", spec, "--report-dir", str(reports)], cli_env, log)
+    try:
+        code = proc.wait(timeout=840)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert code == 0, text[-4000:]
+    runs = [p.parent for p in reports.glob("*/report.json")]
+    assert len(runs) == 1, text[-2000:]
+    run = runs[0]
+    for name in ("report.html", "report.json", "summary.csv"):
+        assert (run / name).is_file(), name
+    for name in ("torch_service", "tf_serving", "gateway"):
+        assert (run / "logs" / f"{name}.log").is_file(), name
+    assert str(run / "report.html") in text
+    assert not any(port_in_use("127.0.0.1", p) for p in ports.values()), "a service still holds its port"

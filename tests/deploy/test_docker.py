@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -29,7 +30,8 @@ def _compose_available() -> str | None:
     except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
         return f"docker CLI unusable: {exc}"
     if out.returncode != 0:
-        return f"the docker compose plugin is not installed ({(out.stderr or out.stdout).strip()[:120]})"
+        first_line = (out.stderr or out.stdout).strip().splitlines()[:1]
+        return f"the docker compose plugin is not installed ({' '.join(first_line)[:120]})"
     return None
 
 
@@ -92,18 +94,15 @@ def stack(compose_cli: None) -> Iterator[dict[str, Any]]:
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "IMAGE_TAG": project}
     base = ["docker", "compose", *[a for f in files for a in ("-f", str(f))], "-p", project]
     try:
-        # --wait returns once every service is healthy (or the trainer has exited 0): no sleeps.
         up = subprocess.run(
-            [*base, "up", "-d", "--build", "--wait", "--wait-timeout", "1200"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=2400,
+            [*base, "up", "-d", "--build"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400
         )
         if up.returncode != 0:
-            logs = subprocess.run([*base, "logs", "--tail", "40"], cwd=ROOT, env=env, capture_output=True, text=True)
-            pytest.fail(f"docker compose up failed:\n{up.stderr[-4000:]}\n{logs.stdout[-6000:]}")
+            pytest.fail(f"docker compose up failed:\n{up.stderr[-4000:]}\n{_logs(base, env)}")
+        try:
+            _wait_healthy(client, project, ("tf_serving", "torch_service", "gateway"), timeout=1200)
+        except AssertionError as exc:
+            pytest.fail(f"{exc}\n{_logs(base, env)}")
         yield {"client": client, "project": project, "ports": ports, "gpu": gpu}
     finally:
         subprocess.run(
@@ -115,14 +114,42 @@ def stack(compose_cli: None) -> Iterator[dict[str, Any]]:
         )
 
 
+def _logs(base: list[str], env: dict[str, str]) -> str:
+    out = subprocess.run([*base, "logs", "--tail", "40"], cwd=ROOT, env=env, capture_output=True, text=True)
+    return out.stdout[-6000:]
+
+
+def _containers(client: Any, project: str) -> dict[str, Any]:
+    found = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
+    return {c.labels["com.docker.compose.service"]: c for c in found}
+
+
+def _wait_healthy(client: Any, project: str, services: tuple[str, ...], timeout: float) -> None:
+    """Poll the engine until every service is healthy; fail at once if the trainer or a service dies.
+    (Not `up --wait`: how it treats the one-shot trainer has changed between Compose releases.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        containers = _containers(client, project)
+        trainer = containers.get("trainer")
+        if trainer is not None:
+            state = trainer.attrs["State"]
+            assert not (state["Status"] == "exited" and state["ExitCode"] != 0), f"trainer failed: {state}"
+        health = {}
+        for name in services:
+            c = containers.get(name)
+            state = c.attrs["State"] if c is not None else {}
+            assert state.get("Status") not in ("exited", "dead"), f"{name} stopped: {state}"
+            health[name] = (state.get("Health") or {}).get("Status")
+        if all(h == "healthy" for h in health.values()):
+            return
+        assert time.monotonic() < deadline, f"not healthy after {timeout:.0f}s: {health}"
+        time.sleep(5)
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 def test_compose_stack_serves_predictions_end_to_end(stack: dict[str, Any]) -> None:
-    client, project = stack["client"], stack["project"]
-    containers = {
-        c.labels["com.docker.compose.service"]: c
-        for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
-    }
+    containers = _containers(stack["client"], stack["project"])
     assert {"trainer", "tf_serving", "torch_service", "gateway"} <= set(containers)
     trainer = containers["trainer"].attrs["State"]
     assert trainer["Status"] == "exited" and trainer["ExitCode"] == 0
