@@ -101,3 +101,62 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def wait_available(url: str, timeout: float = 120.0) -> None:
+    """Until TF Serving's status API says some version is AVAILABLE (200 alone can mean LOADING)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/v1/models/cnn", timeout=2)
+            last = r.text
+            if r.status_code == 200 and any(s.get("state") == "AVAILABLE" for s in r.json()["model_version_status"]):
+                return
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} has no AVAILABLE version after {timeout:.0f}s: {last}")
+
+
+def torch_service(procs: Procs, repo: Path, name: str = "torch", port: int | None = None) -> tuple[ManagedProcess, str]:
+    """Real `python -m torch_service` on a free port, serving `repo`."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **QUIET,
+        "MODEL_REPOSITORY": str(repo),
+        "TORCH_SERVICE_HOST": "127.0.0.1",
+        "TORCH_SERVICE_PORT": str(port),
+        "TORCH_SERVICE_NUM_THREADS": "1",
+        "TORCH_SERVICE_LOG_LEVEL": "warning",
+    }
+    proc = ManagedProcess.python_module(
+        name, "torch_service", ready_url=f"{url}/v2/health/ready", log_dir=procs.log_dir, env=env, cwd=ROOT
+    )
+    procs.start(proc, timeout=180)
+    wait_available(url)
+    return proc, url
+
+
+def tf_compat(procs: Procs, repo: Path) -> tuple[ManagedProcess, str, str]:
+    """Real `python -m tf_serving.compat` (REST + gRPC) on free ports; returns (process, REST URL, gRPC target)."""
+    rest, grpc = free_port(), free_port()
+    url = f"http://127.0.0.1:{rest}"
+    env = {
+        **QUIET,
+        "MODEL_REPOSITORY": str(repo),
+        "TF_SERVING_REST_PORT": str(rest),
+        "TF_SERVING_GRPC_PORT": str(grpc),
+        "TF_SERVING_HOST": "127.0.0.1",
+    }
+    proc = ManagedProcess.python_module(
+        "tf_compat", "tf_serving.compat", ready_url=f"{url}/v1/models/cnn", log_dir=procs.log_dir, env=env, cwd=ROOT
+    )
+    procs.start(proc, timeout=180)
+    wait_available(url)
+    return proc, url, f"127.0.0.1:{grpc}"
