@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,7 +220,8 @@ def train(
             if verbose:
                 tqdm.write(
                     f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-                    f"val loss {val_loss:.4f} acc {val_acc:.4f}"
+                    f"val loss {val_loss:.4f} acc {val_acc:.4f}",
+                    file=sys.stderr,
                 )
             if writer is not None:
                 writer.add_scalar("train/loss", train_loss, epoch)

@@ -96,3 +96,60 @@ def random_images(n: int, seed: int = 0) -> np.ndarray:
     digits = digits_to_mnist_form(load_digits().images[rng.choice(1797, size=n)])
     pick = rng.integers(0, 3, size=n)[:, None, None, None]
     return np.where(pick == 0, noise, np.where(pick == 1, scaled, digits)).astype(np.float32)
+
+
+def assert_saved_model_contract(export_dir: Path) -> None:
+    """The SavedModel's serving_default signature is exactly the contract in shared/DESIGN.md."""
+    from trainer.export_tf import import_tf
+
+    tf = import_tf()
+    loaded = tf.saved_model.load(str(export_dir))
+    assert list(loaded.signatures.keys()) == ["serving_default"]
+    sig = loaded.signatures["serving_default"]
+    args, kwargs = sig.structured_input_signature
+    assert args == () and set(kwargs) == {"images"}
+    assert kwargs["images"].dtype == tf.float32 and kwargs["images"].shape.as_list() == [None, 28, 28, 1]
+    outs = sig.structured_outputs
+    assert set(outs) == {"probabilities", "classes"}
+    assert outs["probabilities"].dtype == tf.float32 and outs["probabilities"].shape.as_list() == [None, 10]
+    assert outs["classes"].dtype == tf.int64 and outs["classes"].shape.as_list() == [None]
+
+
+def read_warmup(export_dir: Path) -> list:
+    """The PredictionLog records of the TF Serving warm-up file."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from trainer.export_tf import WARMUP_FILE, import_tf
+
+    tf = import_tf()
+    return [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(str(export_dir / WARMUP_FILE))
+    ]
+
+
+def assert_manifest_hashes(version_dir: Path) -> dict:
+    """manifest.json lists every file but itself with the right sha256; returns the manifest."""
+    import hashlib
+    import json
+
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    on_disk = {
+        p.relative_to(version_dir).as_posix()
+        for p in version_dir.rglob("*")
+        if p.is_file() and p.name != "manifest.json"
+    }
+    assert set(manifest["files"]) == on_disk
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((version_dir / rel).read_bytes()).hexdigest() == digest, rel
+    return manifest
+
+
+def version_dirs(repo: Path) -> dict[str, list[str]]:
+    """Names in each tree's cnn/ folder plus any staging leftovers at the top."""
+    out = {
+        tree: sorted(p.name for p in (repo / tree / "cnn").iterdir()) if (repo / tree / "cnn").is_dir() else []
+        for tree in ("torchscript", "tensorflow")
+    }
+    out["staging"] = sorted(p.name for p in repo.glob(".staging-*")) if repo.is_dir() else []
+    return out
