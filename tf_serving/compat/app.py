@@ -25,7 +25,7 @@ from tf_serving.compat.settings import Settings, load_server_config
 log = logging.getLogger(__name__)
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:  # async: no thread-pool hop per request
     return request.app.state.registry
 
 
@@ -158,6 +158,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, metric
         redoc_url=None,
         openapi_url=None,
     )
+    if registry is not None:
+        app.state.registry = registry  # usable without running the lifespan (tests, shared with gRPC)
     _add_monitoring_route(app, settings, metrics_path)
     _add_model_routes(app, settings)
     _add_exception_handlers(app)

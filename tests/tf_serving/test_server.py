@@ -1,0 +1,249 @@
+"""The compat server in-process over a real SavedModel: REST errors, hot swap, queue-full, start-up checks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from devstack.process import free_port
+from serving_core.batching import BatchingParameters, load_batching_parameters
+from tf_serving.compat.app import create_app
+from tf_serving.compat.grpc_server import create_grpc_server, numpy_to_tensor, tensor_to_numpy
+from tf_serving.compat.model import ModelRegistry
+from tf_serving.compat.settings import ServerConfig, Settings, load_server_config
+from tf_serving.config import BATCHING_CONFIG, load_model_config, load_monitoring_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def repo(model_repository: Path, tmp_path: Path) -> Path:
+    """A private copy of the shared repository's TF tree, so tests may add versions to it."""
+    dst = tmp_path / "repo"
+    shutil.copytree(model_repository / "tensorflow", dst / "tensorflow")
+    return dst
+
+
+def _registry(repo: Path, batching: BatchingParameters | None, poll_s: float = 0.0) -> ModelRegistry:
+    settings = Settings(model_repository=repo, file_system_poll_wait_seconds=poll_s, rest_port=1, grpc_port=0)
+    config = ServerConfig(load_model_config(), batching, load_monitoring_config())
+    return ModelRegistry(settings, config)
+
+
+@pytest.fixture
+async def client(repo: Path) -> AsyncIterator[httpx.AsyncClient]:
+    reg = _registry(repo, load_batching_parameters(BATCHING_CONFIG))
+    await asyncio.to_thread(reg.start)
+    app = create_app(reg.settings.model_copy(update={"max_body_bytes": 1_000_000}), reg)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://compat") as c:
+        yield c
+    reg.stop()
+
+
+def _images(golden: dict[str, np.ndarray], n: int) -> list:
+    return golden["images"][:n].tolist()
+
+
+async def test_rest_errors_keep_the_server_serving(client: httpx.AsyncClient, golden: dict[str, np.ndarray]) -> None:
+    cases = [
+        ("/v1/models/cnn:predict", b"{not json", 400),
+        ("/v1/models/cnn:predict", b'{"instances": [[1, 2, 3]]}', 400),
+        ("/v1/models/cnn:predict", b'{"instances": [], "inputs": []}', 400),
+        ("/v1/models/cnn/labels/stable:predict", b'{"instances": []}', 400),
+        ("/v1/models/cnn/versions/7:predict", b"{}", 400),  # body checked first, like TF Serving
+        ("/v1/models/cnn:predict", b"[" + b"0," * 600_000 + b"0]", 413),
+    ]
+    for url, body, status in cases:
+        r = await client.post(url, content=body)
+        assert r.status_code == status, (url, r.text)
+        assert isinstance(r.json()["error"], str) and r.json()["error"]
+    r = await client.post("/v1/models/cnn:predict", json={"instances": _images(golden, 3)})
+    assert r.status_code == 200
+    assert [p["classes"] for p in r.json()["predictions"]] == golden["classes"][:3].tolist()
+    r = await client.get("/monitoring/prometheus/metrics")
+    assert ':tensorflow:serving:request_count{model_name="cnn",status="INVALID_ARGUMENT"}' in r.text
+    assert ':tensorflow:serving:request_count{model_name="cnn",status="OK"} 1' in r.text
+
+
+async def test_batch_larger_than_max_batch_size_is_invalid(
+    client: httpx.AsyncClient, golden: dict[str, np.ndarray]
+) -> None:
+    images = np.resize(golden["images"], (33, 28, 28, 1)).tolist()
+    r = await client.post("/v1/models/cnn:predict", json={"instances": images})
+    assert r.status_code == 400
+    assert "larger than maximum input batch size 32" in r.json()["error"]
+
+
+async def test_hot_swap_while_serving(repo: Path, golden: dict[str, np.ndarray]) -> None:
+    reg = _registry(repo, load_batching_parameters(BATCHING_CONFIG), poll_s=0.2)
+    await asyncio.to_thread(reg.start)
+    app = create_app(reg.settings, reg)
+    statuses: list[int] = []
+    versions_seen: set[str] = set()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://compat") as c:
+
+            async def load(stop: asyncio.Event) -> None:
+                while not stop.is_set():
+                    r = await c.post("/v1/models/cnn:predict", json={"instances": _images(golden, 2)})
+                    statuses.append(r.status_code)
+                    m = await c.get("/v1/models/cnn/metadata")
+                    versions_seen.add(m.json()["model_spec"]["version"])
+
+            stop = asyncio.Event()
+            task = asyncio.create_task(load(stop))
+            await asyncio.sleep(0.3)
+            # Publish version 2 the way the trainer does: written elsewhere, then renamed into place.
+            base = repo / "tensorflow" / "cnn"
+            shutil.copytree(base / "1", repo / "staging-2")
+            os.rename(repo / "staging-2", base / "2")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                st = (await c.get("/v1/models/cnn")).json()["model_version_status"]
+                if {e["version"]: e["state"] for e in st} == {"2": "AVAILABLE", "1": "END"}:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                pytest.fail(f"version 2 never replaced version 1: {st}")
+            await asyncio.sleep(0.3)
+            stop.set()
+            await task
+            r = await c.get("/v1/models/cnn/versions/1")
+            # Reported END for a while after unloading, then forgotten (404), as the manager retires it.
+            assert r.status_code == 404 or r.json()["model_version_status"][0]["state"] == "END", r.text
+            r = await c.post("/v1/models/cnn/versions/1:predict", json={"instances": _images(golden, 1)})
+            assert r.status_code == 404
+    finally:
+        reg.stop()
+    assert statuses and set(statuses) == {200}, statuses
+    assert versions_seen == {"1", "2"}
+
+
+def _slow_batching() -> BatchingParameters:
+    # A 4-instance queue whose batches close only after 3 s: 3 queued instances + 2 more is full.
+    return BatchingParameters(
+        max_batch_size=4, batch_timeout_micros=3_000_000, max_enqueued_batches=1, num_batch_threads=1
+    )
+
+
+async def test_full_queue_answers_503_at_once(repo: Path, golden: dict[str, np.ndarray]) -> None:
+    reg = _registry(repo, _slow_batching())
+    await asyncio.to_thread(reg.start)
+    app = create_app(reg.settings, reg)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://compat") as c:
+            first = asyncio.create_task(c.post("/v1/models/cnn:predict", json={"instances": _images(golden, 3)}))
+            await asyncio.sleep(0.5)
+            t0 = time.perf_counter()
+            r = await c.post("/v1/models/cnn:predict", json={"instances": _images(golden, 2)})
+            refused_after = time.perf_counter() - t0
+            assert r.status_code == 503, r.text
+            assert "queue" in r.json()["error"]
+            assert refused_after < 2.0  # refused, not queued behind the 3 s batch
+            r1 = await first
+            assert r1.status_code == 200
+            assert len(r1.json()["predictions"]) == 3
+    finally:
+        reg.stop()
+
+
+async def test_full_queue_is_unavailable_over_grpc(repo: Path, golden: dict[str, np.ndarray]) -> None:
+    reg = _registry(repo, _slow_batching())
+    await asyncio.to_thread(reg.start)
+    port = free_port()
+    server = create_grpc_server(reg, host="127.0.0.1", port=port, max_message_bytes=1 << 24)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+
+            def request(n: int) -> predict_pb2.PredictRequest:
+                req = predict_pb2.PredictRequest()
+                req.model_spec.name = "cnn"
+                req.inputs["images"].CopyFrom(numpy_to_tensor(golden["images"][:n]))
+                return req
+
+            first = asyncio.ensure_future(stub.Predict(request(3), timeout=30))
+            await asyncio.sleep(0.5)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Predict(request(2), timeout=30)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            resp = await first
+            assert resp.model_spec.version.value == 1
+            assert tensor_to_numpy(resp.outputs["probabilities"]).shape == (3, 10)
+    finally:
+        await server.stop(grace=1)
+        reg.stop()
+
+
+async def test_batching_off_serves_directly(repo: Path, golden: dict[str, np.ndarray]) -> None:
+    reg = _registry(repo, None)
+    await asyncio.to_thread(reg.start)
+    try:
+        v, out = await reg.predict("cnn", None, golden["images"][:40])  # no max_batch_size without batching
+        assert v == 1
+        np.testing.assert_allclose(out["probabilities"], golden["probabilities"][:40], atol=1e-5)
+    finally:
+        reg.stop()
+
+
+def test_a_corrupt_new_version_does_not_replace_the_good_one(repo: Path) -> None:
+    base = repo / "tensorflow" / "cnn"
+    shutil.copytree(base / "1", base / "2")
+    with open(base / "2" / "variables" / "variables.data-00000-of-00001", "r+b") as f:
+        f.write(b"\0\0\0\0")  # the manifest's sha256 no longer matches
+    reg = _registry(repo, None)
+    reg.start()
+    try:
+        status = {e["version"]: e for e in reg.managers["cnn"].status()}
+        assert status["2"]["state"] == "END"
+        assert "checksum mismatch" in status["2"]["status"]["error_message"]
+        # latest:1 wants only version 2, which failed: nothing is available, as in TF Serving.
+        assert reg.managers["cnn"].available_versions() == []
+    finally:
+        reg.stop()
+
+
+@pytest.fixture
+def no_env() -> Iterator[dict[str, str]]:
+    yield {k: v for k, v in os.environ.items() if not k.startswith("TF_SERVING_")}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TF_SERVING_REST_PORT": "not-a-port"}, "rest_port"),
+        ({"TF_SERVING_REST_PORT": "9001", "TF_SERVING_GRPC_PORT": "9001"}, "both 9001"),
+        ({"TF_SERVING_BATCHING_PARAMETERS_FILE": "/nonexistent/batching.config"}, "cannot read batching"),
+        ({"TF_SERVING_MODEL_CONFIG_FILE": "/nonexistent/models.config"}, "cannot read model config"),
+    ],
+)
+def test_bad_settings_fail_fast_with_one_line(no_env: dict[str, str], env: dict[str, str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tf_serving.compat"],
+        env={**no_env, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_settings_defaults_follow_design() -> None:
+    s = Settings()
+    assert (s.rest_port, s.grpc_port, s.host) == (8501, 8500, "127.0.0.1")
+    assert load_server_config(s).batching is not None
