@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from devstack.ensure_model import ensure_model
+from devstack.jobs import run_job
 from devstack.settings import StackSettings
 from devstack.stack import Stack
 
@@ -101,11 +101,13 @@ def run_loadtest(stack: Stack, extra: Sequence[str]) -> Path | None:
     say("running the default comparison: " + " ".join(["python", *argv[1:]]))
     started = time.time() - 1  # mtime granularity
     t0 = time.monotonic()
-    code = subprocess.call(argv, env=loadtest_env(settings), stdin=subprocess.DEVNULL)
+    code = run_job(argv, loadtest_env(settings))
     if code != 0:
         # A service that died under load is the likelier cause, and its log says why.
         stack.check_alive()
-        raise StepFailed(f"the load test exited with code {code} (its output is above)")
+        raise StepFailed(
+            f"the load test exited with code {code} (its output is above; service logs in {stack.log_dir})"
+        )
     say(f"comparison finished in {time.monotonic() - t0:.0f}s")
     return find_new_run(settings.report_dir, started)
 

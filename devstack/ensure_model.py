@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from devstack.jobs import run_job
 
 MODEL_NAME = "cnn"
 # The files that make a version servable by each backend (DESIGN.md, model repository layout).
@@ -61,13 +62,13 @@ def train(repo: Path, trainer_args: Sequence[str] = (), log_path: Path | None = 
     env = {**os.environ, "MODEL_REPOSITORY": str(repo), "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "trainer", *trainer_args]
     if log_path is None:
-        code = subprocess.call(argv, env=env, stdin=subprocess.DEVNULL)
+        code = run_job(argv, env)
         if code != 0:
             raise TrainingFailed(f"`{' '.join(argv[1:])}` exited with code {code} (its output is above)")
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        code = subprocess.call(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        code = run_job(argv, env, stdout=log)
     if code != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise TrainingFailed(f"`{' '.join(argv[1:])}` exited with code {code}; last lines of {log_path}:\n{tail}")

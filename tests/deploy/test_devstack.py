@@ -269,3 +269,47 @@ def test_demo_writes_the_report_and_stops_everything(cli_env: dict[str, str], tm
         assert (run / "logs" / f"{name}.log").is_file(), name
     assert str(run / "report.html") in text
     assert not any(port_in_use("127.0.0.1", p) for p in ports.values()), "a service still holds its port"
+
+
+def test_run_job_returns_the_exit_code_and_writes_the_output(tmp_path: Path) -> None:
+    from devstack.jobs import run_job
+
+    out = tmp_path / "out.log"
+    with open(out, "wb") as f:
+        code = run_job([sys.executable, "-c", "import sys; print('hello'); sys.exit(3)"], os.environ, stdout=f)
+    assert code == 3 and out.read_text().strip() == "hello"
+
+
+def test_run_job_kills_the_whole_group_when_interrupted(tmp_path: Path) -> None:
+    import threading
+
+    from devstack.jobs import run_job
+
+    pid_file = tmp_path / "grandchild.pid"
+    # The job forks a grandchild that would outlive a plain kill of the job's leader.
+    script = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(300)"
+    )
+
+    def interrupt_when_started() -> None:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_job([sys.executable, "-c", script], os.environ, grace_s=1.0)
+    grandchild = int(pid_file.read_text())
+    _assert_all_gone([p for p in [_proc_or_none(grandchild)] if p is not None])
+
+
+def _proc_or_none(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
