@@ -1,0 +1,133 @@
+"""TF Serving REST parsing and rendering: model paths, every bad predict body, response shapes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import orjson
+import pytest
+
+from serving_core.errors import InvalidArgument, NotFound
+from serving_core.tfs_rest import (
+    model_metadata_json,
+    parse_model_path,
+    parse_predict_body,
+    parse_predict_response,
+    predict_response,
+)
+
+IMG = np.linspace(0, 1, 784, dtype=np.float32).reshape(28, 28, 1)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1/models/cnn", ("cnn", None, None, None, False)),
+        ("/v1/models/cnn/versions/3", ("cnn", 3, None, None, False)),
+        ("/v1/models/cnn/metadata", ("cnn", None, None, None, True)),
+        ("/v1/models/cnn/versions/2/metadata", ("cnn", 2, None, None, True)),
+        ("/v1/models/cnn:predict", ("cnn", None, None, "predict", False)),
+        ("/v1/models/cnn/versions/1:predict", ("cnn", 1, None, "predict", False)),
+        ("/v1/models/cnn/labels/stable:predict", ("cnn", None, "stable", "predict", False)),
+    ],
+)
+def test_model_paths(path: str, expected: tuple) -> None:
+    mp = parse_model_path(path)
+    assert (mp.name, mp.version, mp.label, mp.verb, mp.metadata) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "exc"),
+    [
+        ("/v1/models/", NotFound),
+        ("/v1/models/cnn/versions/x", InvalidArgument),
+        ("/v1/models/cnn/versions/0:predict", InvalidArgument),
+        ("/v1/models/cnn:explain", NotFound),
+        ("/v1/models/cnn/extra/thing", NotFound),
+    ],
+)
+def test_bad_model_paths(path: str, exc: type) -> None:
+    with pytest.raises(exc):
+        parse_model_path(path)
+
+
+def body(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_row_and_columnar_forms_parse_to_the_same_batch() -> None:
+    batch = [IMG.tolist(), IMG.tolist()]
+    forms = [
+        {"instances": batch},
+        {"instances": [{"images": i} for i in batch]},
+        {"inputs": batch},
+        {"inputs": {"images": batch}},
+        {"signature_name": "serving_default", "instances": batch},
+        {"signature_name": "", "instances": batch},
+    ]
+    for doc in forms:
+        req = parse_predict_body(body(doc))
+        assert req.images.shape == (2, 28, 28, 1) and req.images.dtype == np.float32
+        np.testing.assert_array_equal(req.images[1], IMG)
+    assert parse_predict_body(body(forms[0])).format == "row"
+    assert parse_predict_body(body(forms[2])).format == "columnar"
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b"", "Empty request body"),
+        (b"{", "Malformed JSON"),
+        (b"\xff\xfe", "Malformed JSON"),
+        (b'"instances"', "JSON object"),
+        (b"{}", "Missing 'instances' or 'inputs'"),
+        (b'{"instances": {}}', "must be a list"),
+        (b'{"instances": []}', "'instances' is empty"),
+        (b'{"inputs": []}', "[N, 28, 28, 1]"),
+        (b'{"instances": [], "inputs": []}', "not both"),
+        (b'{"instances": [[1]], "extra": 1}', "Unknown key"),
+        (b'{"signature_name": 5, "instances": [[1]]}', "'signature_name' must be a string"),
+        (b'{"signature_name": "classify", "instances": [[1]]}', "not found in signature def"),
+        (b'{"instances": [[[[1]]], [[1]]]}', "nested list of numbers"),  # ragged
+        (b'{"instances": [[[["x"]]]]}', "nested list of numbers"),
+        (b'{"instances": [{"images": [[1]]}, [[1]]]}', "mixes objects"),
+        (b'{"instances": [{"pixels": [[1]]}]}', "Unknown input name"),
+        (b'{"inputs": {}}', "Missing input 'images'"),
+        (b'{"instances": [1, 2, 3]}', "expected [28, 28, 1]"),
+        (b'{"instances": [[[[NaN]]]]}', "expected [28, 28, 1]"),
+    ],
+)
+def test_bad_bodies(raw: bytes, needle: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_predict_body(raw)
+    assert needle in info.value.message
+
+
+def test_non_finite_values_and_batch_limit() -> None:
+    img = IMG.copy()
+    img[0, 0, 0] = np.nan
+    raw = json.dumps({"instances": [img.tolist()]}).replace("NaN", "NaN").encode()
+    with pytest.raises(InvalidArgument, match="NaN or infinite"):
+        parse_predict_body(raw)
+    with pytest.raises(InvalidArgument, match="exceeds the limit of 2"):
+        parse_predict_body(body({"instances": [IMG.tolist()] * 3}), max_batch_size=2)
+
+
+def test_responses_have_tf_serving_shapes_and_round_trip() -> None:
+    outputs = {"probabilities": np.full((2, 10), 0.1, dtype=np.float32), "classes": np.array([3, 4], dtype=np.int64)}
+    row = orjson.loads(predict_response("row", outputs))
+    assert list(row) == ["predictions"] and row["predictions"][1]["classes"] == 4
+    assert len(row["predictions"][0]["probabilities"]) == 10
+    col = orjson.loads(predict_response("columnar", outputs))
+    assert col == {"outputs": {"probabilities": [[pytest.approx(0.1)] * 10] * 2, "classes": [3, 4]}}
+    for doc in (row, col):
+        back = parse_predict_response(doc)
+        np.testing.assert_array_equal(back["classes"], outputs["classes"])
+        np.testing.assert_allclose(back["probabilities"], outputs["probabilities"])
+
+
+def test_metadata_shape() -> None:
+    doc = model_metadata_json("cnn", 3, {"serving_default": {}})
+    assert doc["model_spec"] == {"name": "cnn", "signature_name": "", "version": "3"}
+    assert doc["metadata"]["signature_def"]["signature_def"] == {"serving_default": {}}
