@@ -1,0 +1,124 @@
+"""TF Serving's gRPC API, used the documented way: PredictionServiceStub + tf.make_tensor_proto."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving_core import contract
+from tests.contract.conftest import Backend
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def channel(grpc_backend: Backend):
+    ch = grpc.insecure_channel(grpc_backend.grpc_target)
+    yield ch
+    ch.close()
+
+
+def _request(images: np.ndarray, version: int | None = None, name: str = "cnn") -> predict_pb2.PredictRequest:
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = name
+    req.model_spec.signature_name = "serving_default"
+    if version is not None:
+        req.model_spec.version.value = version
+    req.inputs["images"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.float32))
+    return req
+
+
+def _latest(channel: grpc.Channel) -> int:
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    req = get_model_status_pb2.GetModelStatusRequest()
+    req.model_spec.name = "cnn"
+    resp = stub.GetModelStatus(req, timeout=30)
+    available = [
+        s.version for s in resp.model_version_status if s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+    ]
+    assert available
+    return max(available)
+
+
+def test_predict(channel: grpc.Channel, golden_of: dict[str, np.ndarray]) -> None:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    resp = stub.Predict(_request(golden_of["images"][:6]), timeout=30)
+    assert resp.model_spec.name == "cnn"
+    assert resp.model_spec.version.value == _latest(channel)
+    probs = tf.make_ndarray(resp.outputs["probabilities"])
+    classes = tf.make_ndarray(resp.outputs["classes"])
+    assert probs.dtype == np.float32 and classes.dtype == np.int64
+    np.testing.assert_allclose(probs, golden_of["probabilities"][:6], atol=1e-5)
+    assert classes.tolist() == golden_of["classes"][:6].tolist()
+
+
+def test_predict_explicit_version_and_output_filter(channel: grpc.Channel, golden_of: dict[str, np.ndarray]) -> None:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    v = _latest(channel)
+    req = _request(golden_of["images"][:2], version=v)
+    req.output_filter.append("classes")
+    resp = stub.Predict(req, timeout=30)
+    assert list(resp.outputs) == ["classes"]
+    assert resp.model_spec.version.value == v
+    assert tf.make_ndarray(resp.outputs["classes"]).tolist() == golden_of["classes"][:2].tolist()
+
+
+def test_metadata(channel: grpc.Channel) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    req = get_model_metadata_pb2.GetModelMetadataRequest()
+    req.model_spec.name = "cnn"
+    req.metadata_field.append("signature_def")
+    resp = stub.GetModelMetadata(req, timeout=30)
+    assert resp.model_spec.version.value == _latest(channel)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    assert resp.metadata["signature_def"].Unpack(sig_map)
+    sig = MessageToDict(
+        sig_map.signature_def[contract.SIGNATURE_NAME],
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+    assert sig == contract.signature_def_json()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        (lambda r: r.model_spec.__setattr__("name", "no_such_model"), grpc.StatusCode.NOT_FOUND),
+        (lambda r: r.model_spec.version.__setattr__("value", 987654), grpc.StatusCode.NOT_FOUND),
+        (
+            lambda r: r.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 28, 28, 3), np.float32))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (lambda r: r.inputs["pixels"].CopyFrom(r.inputs["images"]), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda r: r.model_spec.__setattr__("signature_name", "nope"), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_errors_have_tf_serving_status_codes(channel: grpc.Channel, mutate, code: grpc.StatusCode) -> None:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    req = _request(np.zeros((1, 28, 28, 1), np.float32))
+    mutate(req)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(req, timeout=30)
+    assert err.value.code() == code, err.value.details()
+    assert stub.Predict(_request(np.zeros((1, 28, 28, 1), np.float32)), timeout=30).outputs
+
+
+def test_unknown_model_status_is_not_found(channel: grpc.Channel) -> None:
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    req = get_model_status_pb2.GetModelStatusRequest()
+    req.model_spec.name = "no_such_model"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetModelStatus(req, timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
