@@ -1,0 +1,455 @@
+"""The load generator: one measured step, closed or open loop, in one or more worker processes.
+
+Closed loop: N clients, each sends its next request when the previous one answered.
+Open loop: requests leave on a schedule (constant or seeded Poisson) whether or not earlier ones have
+answered; latency counts from the INTENDED send time (no coordinated omission) and the service time
+(actual send -> response) is kept beside it. The dispatcher measures its own lateness against the
+schedule, so a generator that cannot keep up marks the step invalid instead of blaming the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import multiprocessing as mp
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from gateway.loadtest import histograms as H
+from gateway.loadtest.data import BodySet
+from gateway.loadtest.targets import GrpcClient, HttpConnection, RequestFailed, Target
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    target: Target
+    loop: str = "closed"  # closed | open
+    concurrency: int = 4
+    rate: float = 100.0  # open loop, requests/s over all workers
+    arrival: str = "poisson"  # poisson | constant
+    connections: int = 64  # open loop: connection cap over all workers (requests queue for one beyond it)
+    duration_s: float = 5.0
+    requests: int | None = None  # stop after this many (over all workers), whichever comes first
+    timeout_s: float = 10.0
+    seed: int = 0
+    block_s: float = 1.0
+    max_lag_ms: float = 50.0  # scheduling-lag p99 above this marks an open-loop step invalid
+    min_rate_fraction: float = 0.95  # an open-loop step must send at least this share of its schedule
+    worker_index: int = 0
+    worker_count: int = 1
+    start_at: float | None = None  # perf_counter() time shared by all workers (CLOCK_MONOTONIC on Linux)
+
+    def for_worker(self, index: int, count: int, start_at: float) -> StepSpec:
+        return replace(self, worker_index=index, worker_count=count, start_at=start_at)
+
+
+class _Recorder:
+    """Everything one worker learns in one step."""
+
+    def __init__(self, spec: StepSpec, start: float):
+        self.spec = spec
+        self.start = start
+        self.latency = H.new_histogram()  # open loop: from intended send time; closed: = service
+        self.service = H.new_histogram()
+        self.lag = H.new_histogram()
+        self.blocks: dict[int, HdrHistogram] = {}
+        self.block_errors: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.error_samples: list[str] = []
+        self.ok = 0
+        self.sent = 0
+        self.scheduled = 0
+        self.images = 0
+        self.correct = 0
+        self.golden_agree = 0
+        self.golden_checked = 0
+        self.predictions: dict[int, list[int]] = {}
+        self.first_send: float | None = None
+        self.last_done = start
+
+    def record(self, body_idx: int, bodies: BodySet, when: float, sent: float, done: float,
+               classes: list[int] | None, error: RequestFailed | None) -> None:
+        self.last_done = max(self.last_done, done)
+        block = int(max(when - self.start, 0.0) / self.spec.block_s)
+        if error is not None:
+            self.errors[error.kind] += 1
+            self.block_errors[block] += 1
+            if len(self.error_samples) < 5:
+                self.error_samples.append(str(error)[:300])
+            return
+        assert classes is not None
+        self.ok += 1
+        H.record_s(self.latency, done - when)
+        H.record_s(self.service, done - sent)
+        hist = self.blocks.get(block)
+        if hist is None:
+            hist = self.blocks[block] = H.new_histogram()
+        H.record_s(hist, done - when)
+        expected = bodies.expected_labels[body_idx]
+        if len(classes) != len(expected):
+            self.errors["wrong_batch"] += 1
+            return
+        self.images += len(classes)
+        self.correct += sum(1 for a, b in zip(classes, expected, strict=True) if a == b)
+        if bodies.expected_classes is not None:
+            golden = bodies.expected_classes[body_idx]
+            self.golden_checked += len(classes)
+            self.golden_agree += sum(1 for a, b in zip(classes, golden, strict=True) if a == b)
+        self.predictions.setdefault(body_idx, classes)
+
+    def result(self, end: float) -> dict[str, Any]:
+        elapsed = max(end, self.last_done) - self.start
+        n_blocks = max(self.blocks.keys() | self.block_errors.keys(), default=-1) + 1
+        return {
+            "target": self.spec.target.name,
+            "loop": self.spec.loop,
+            "ok": self.ok, "sent": self.sent, "scheduled": self.scheduled,
+            "errors": dict(self.errors), "error_samples": self.error_samples,
+            "elapsed_s": elapsed,
+            "latency": H.encode(self.latency), "service": H.encode(self.service), "lag": H.encode(self.lag),
+            "blocks": [
+                {"index": i, "hist": H.encode(self.blocks[i]) if i in self.blocks else "",
+                 "errors": self.block_errors.get(i, 0)}
+                for i in range(n_blocks)
+            ],
+            "images": self.images, "correct": self.correct,
+            "golden_checked": self.golden_checked, "golden_agree": self.golden_agree,
+            "predictions": {str(k): v for k, v in self.predictions.items()},
+        }
+
+
+def _body_sequence(spec: StepSpec, bodies: BodySet) -> np.ndarray:
+    # Same seed -> same sequence for every target: the backends answer the same requests in order.
+    n = spec.requests if spec.requests else max(int(spec.rate * spec.duration_s * 1.2) + 16, 4096)
+    return bodies.sequence(spec.seed, min(n, 1_000_000))
+
+
+async def run_step(spec: StepSpec, bodies: BodySet, cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Run one step in this process's event loop and return its (JSON-able) result."""
+    start = spec.start_at if spec.start_at is not None else time.perf_counter() + 0.05
+    now = time.perf_counter()
+    if start > now:
+        await asyncio.sleep(start - now)
+    rec = _Recorder(spec, start)
+    grpc_client = GrpcClient(spec.target.addresses, spec.timeout_s) if spec.target.protocol == "grpc" else None
+    try:
+        if spec.loop == "closed":
+            await _closed_loop(spec, bodies, rec, grpc_client, cancel)
+        elif spec.loop == "open":
+            await _open_loop(spec, bodies, rec, grpc_client, cancel)
+        else:
+            raise ValueError(f"unknown loop {spec.loop!r}")
+    finally:
+        if grpc_client is not None:
+            await grpc_client.close()
+    return rec.result(time.perf_counter())
+
+
+def _http_factory(spec: StepSpec):
+    counter = itertools.count(spec.worker_index)
+
+    def make() -> HttpConnection:
+        addrs = spec.target.addresses
+        return HttpConnection(addrs[next(counter) % len(addrs)], spec.target.path, spec.timeout_s)
+
+    return make
+
+
+async def _closed_loop(spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_client: GrpcClient | None,
+                       cancel: threading.Event | None) -> None:
+    seq = _body_sequence(spec, bodies)
+    end = rec.start + spec.duration_s
+    per_worker = _share(spec.concurrency, spec.worker_index, spec.worker_count)
+    limit = _share(spec.requests, spec.worker_index, spec.worker_count) if spec.requests else None
+    # Worker k takes request numbers k, k+W, k+2W...: the merged run sends the sequence in order.
+    numbers = itertools.count(spec.worker_index, spec.worker_count)
+    make = _http_factory(spec)
+
+    async def client() -> None:
+        conn = make() if grpc_client is None else None
+        try:
+            while True:
+                if time.perf_counter() >= end or (cancel is not None and cancel.is_set()):
+                    return
+                if limit is not None and rec.sent >= limit:
+                    return
+                i = next(numbers)
+                body_idx = int(seq[i % len(seq)])
+                rec.sent += 1
+                t0 = time.perf_counter()
+                try:
+                    if conn is not None:
+                        sent, classes = await conn.request(bodies.rest[body_idx])
+                    else:
+                        assert grpc_client is not None
+                        sent, classes = await grpc_client.request(bodies.grpc[body_idx])
+                    rec.record(body_idx, bodies, sent, sent, time.perf_counter(), classes, None)
+                except RequestFailed as exc:
+                    rec.record(body_idx, bodies, t0, t0, time.perf_counter(), None, exc)
+                    if exc.kind == "connect":
+                        await asyncio.sleep(0.05)  # a refused connection must not become a busy loop
+        finally:
+            if conn is not None:
+                conn.close()
+
+    await asyncio.gather(*(client() for _ in range(per_worker)))
+
+
+def _share(total: int, index: int, count: int) -> int:
+    return total // count + (1 if index < total % count else 0)
+
+
+def schedule_offsets(spec: StepSpec) -> np.ndarray:
+    """This worker's intended send times, in seconds from the step start.
+
+    Poisson: each worker draws its own seeded exponential gaps at rate/W (merged streams of Poisson
+    processes are Poisson). Constant: the W workers interleave on one global grid.
+    """
+    w, k = spec.worker_count, spec.worker_index
+    if spec.rate <= 0:
+        raise ValueError("open loop needs a positive rate")
+    total = spec.requests if spec.requests else math.ceil(spec.rate * spec.duration_s)
+    mine = _share(total, k, w)
+    if spec.arrival == "constant":
+        offsets = (np.arange(mine) * w + k) / spec.rate
+    elif spec.arrival == "poisson":
+        rng = np.random.default_rng([spec.seed, k])
+        offsets = np.cumsum(rng.exponential(w / spec.rate, size=mine))
+    else:
+        raise ValueError(f"unknown arrival {spec.arrival!r}")
+    if not spec.requests:
+        offsets = offsets[offsets < spec.duration_s]
+    return offsets
+
+
+async def _open_loop(spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_client: GrpcClient | None,
+                     cancel: threading.Event | None) -> None:
+    seq = _body_sequence(spec, bodies)
+    offsets = schedule_offsets(spec)
+    rec.scheduled = len(offsets)
+    cap = max(_share(spec.connections, spec.worker_index, spec.worker_count), 1)
+    make = _http_factory(spec)
+    idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
+    created: list[HttpConnection] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def fire(i: int, intended: float) -> None:
+        body_idx = int(seq[i % len(seq)])
+        conn: HttpConnection | None = None
+        if grpc_client is None:
+            if idle.empty() and len(created) < cap:
+                conn = make()
+                created.append(conn)
+            else:
+                # Beyond the connection cap a request waits for a free connection; that wait is part
+                # of its latency from the intended time (as in wrk2), not of its service time.
+                conn = await idle.get()
+        t0 = time.perf_counter()
+        try:
+            if conn is not None:
+                sent, classes = await conn.request(bodies.rest[body_idx])
+            else:
+                assert grpc_client is not None
+                sent, classes = await grpc_client.request(bodies.grpc[body_idx])
+            rec.record(body_idx, bodies, intended, sent, time.perf_counter(), classes, None)
+        except RequestFailed as exc:
+            rec.record(body_idx, bodies, intended, t0, time.perf_counter(), None, exc)
+        finally:
+            if conn is not None:
+                idle.put_nowait(conn)
+
+    number = spec.worker_index
+    for off in offsets:
+        if cancel is not None and cancel.is_set():
+            break
+        intended = rec.start + float(off)
+        delay = intended - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        H.record_s(rec.lag, max(time.perf_counter() - intended, 0.0))
+        rec.sent += 1
+        task = asyncio.create_task(fire(number, intended))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        number += spec.worker_count
+    if tasks:
+        # Late answers still count (their latency is the point); give up after the request timeout.
+        _done, pending = await asyncio.wait(set(tasks), timeout=spec.timeout_s + 1.0)
+        for task in pending:
+            task.cancel()
+    for conn in created:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Merging worker results and judging the generator.
+
+def merge_results(parts: list[dict[str, Any]], spec: StepSpec) -> dict[str, Any]:
+    """Combine workers' results: histograms added (lossless), counters summed, validity judged."""
+    out: dict[str, Any] = {"target": spec.target.name, "loop": spec.loop, "workers": len(parts)}
+    for key in ("ok", "sent", "scheduled", "images", "correct", "golden_checked", "golden_agree"):
+        out[key] = sum(p[key] for p in parts)
+    errors: Counter[str] = Counter()
+    for p in parts:
+        errors.update(p["errors"])
+    out["errors"] = dict(errors)
+    out["failed"] = sum(errors.values())
+    out["error_samples"] = [s for p in parts for s in p["error_samples"]][:5]
+    out["elapsed_s"] = max(p["elapsed_s"] for p in parts)
+    for key in ("latency", "service", "lag"):
+        out[key] = H.encode(H.merge(p[key] for p in parts))
+    n_blocks = max(len(p["blocks"]) for p in parts)
+    blocks = []
+    for i in range(n_blocks):
+        hists = [p["blocks"][i]["hist"] for p in parts if i < len(p["blocks"]) and p["blocks"][i]["hist"]]
+        errs = sum(p["blocks"][i]["errors"] for p in parts if i < len(p["blocks"]))
+        blocks.append({"index": i, "hist": H.encode(H.merge(hists)), "errors": errs})
+    out["blocks"] = blocks
+    preds: dict[str, list[int]] = {}
+    for p in parts:
+        preds.update(p["predictions"])
+    out["predictions"] = preds
+    out.update(judge(out, spec))
+    return out
+
+
+def judge(res: dict[str, Any], spec: StepSpec) -> dict[str, Any]:
+    """Throughput, summaries, and whether the generator kept its schedule (open loop)."""
+    lat = H.decode(res["latency"])
+    svc = H.decode(res["service"])
+    elapsed = max(res["elapsed_s"], 1e-9)
+    # Measured over the step's planned duration when it ran to the end: answers that straggle in
+    # after the schedule ended must not stretch (and so dilute) the rate.
+    span = spec.duration_s if not spec.requests and res["elapsed_s"] >= spec.duration_s else elapsed
+    info: dict[str, Any] = {
+        "throughput_rps": res["ok"] / span,
+        "latency_ms": H.summary_ms(lat),
+        "service_ms": H.summary_ms(svc),
+        "valid": True,
+        "invalid_reasons": [],
+    }
+    if spec.loop == "open":
+        lag = H.decode(res["lag"])
+        lag_p99 = lag.get_value_at_percentile(99.0) / 1000.0 if lag.get_total_count() else 0.0
+        info["lag_ms"] = {"p99": lag_p99, "max": lag.get_max_value() / 1000.0}
+        info["offered_rps"] = spec.rate
+        reasons = []
+        if lag_p99 > spec.max_lag_ms:
+            reasons.append(
+                f"generator fell behind its schedule: scheduling lag p99 {lag_p99:.1f} ms > {spec.max_lag_ms} ms"
+                " (use more workers or a lower rate)")
+        if res["scheduled"] and res["sent"] < spec.min_rate_fraction * res["scheduled"]:
+            reasons.append(f"generator sent {res['sent']} of {res['scheduled']} scheduled requests")
+        if reasons:
+            info["valid"] = False
+            info["invalid_reasons"] = reasons
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------
+# Worker processes.
+
+def _loop_factory(target: Target):
+    # uvloop (installed with uvicorn[standard]) makes the REST client cheaper; grpc.aio keeps asyncio.
+    if target.protocol == "rest":
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            return uvloop.new_event_loop
+    return None
+
+
+def _worker_main(conn: Any, bodies: BodySet) -> None:
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        spec: StepSpec = msg[1]
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory(spec.target)) as runner:
+                conn.send(("ok", runner.run(run_step(spec, bodies))))
+        except Exception as exc:  # reported to the parent, which fails the run with the message
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class StepCancelled(RuntimeError):
+    pass
+
+
+class WorkerPool:
+    """Long-lived generator processes (spawned once per run, not once per step)."""
+
+    def __init__(self, workers: int, bodies: BodySet):
+        ctx = mp.get_context("spawn")
+        self.conns = []
+        self.procs = []
+        for _ in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, bodies), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def run(self, spec: StepSpec, cancel: threading.Event | None = None, lead_s: float = 0.2) -> dict[str, Any]:
+        start_at = time.perf_counter() + lead_s
+        n = len(self.conns)
+        for i, conn in enumerate(self.conns):
+            conn.send(("step", spec.for_worker(i, n, start_at)))
+        parts: list[dict[str, Any] | None] = [None] * n
+        deadline = start_at + spec.duration_s + spec.timeout_s + 30.0
+        while any(p is None for p in parts):
+            if cancel is not None and cancel.is_set():
+                self.close(kill=True)
+                raise StepCancelled("cancelled")
+            if time.perf_counter() > deadline:
+                self.close(kill=True)
+                raise RuntimeError("load generator workers did not finish in time")
+            for i, conn in enumerate(self.conns):
+                if parts[i] is None and conn.poll(0.05):
+                    status, payload = conn.recv()
+                    if status != "ok":
+                        self.close(kill=True)
+                        raise RuntimeError(f"load generator worker failed: {payload}")
+                    parts[i] = payload
+            for proc in self.procs:
+                if not proc.is_alive() and proc.exitcode not in (0, None):
+                    self.close(kill=True)
+                    raise RuntimeError(f"load generator worker died (exit code {proc.exitcode})")
+        return merge_results([p for p in parts if p is not None], spec)
+
+    def close(self, kill: bool = False) -> None:
+        for conn, proc in zip(self.conns, self.procs, strict=True):
+            if kill:
+                proc.kill()
+            else:
+                with contextlib.suppress(OSError, BrokenPipeError):
+                    conn.send(("stop",))
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        self.conns, self.procs = [], []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_step_inline(spec: StepSpec, bodies: BodySet) -> dict[str, Any]:
+    """One step in this thread with a fresh event loop (tests, and runs with workers=0)."""
+    with asyncio.Runner(loop_factory=_loop_factory(spec.target)) as runner:
+        part = runner.run(run_step(spec, bodies))
+    return merge_results([part], spec)
+
+
+__all__ = ["StepCancelled", "StepSpec", "WorkerPool", "merge_results", "run_step", "run_step_inline"]

@@ -1,0 +1,148 @@
+"""Scenario files (YAML or JSON): what to measure, with what load, for how long, judged how."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.loadtest.targets import TARGET_NAMES
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoadSpec(_Model):
+    loop: Literal["closed", "open"] = "closed"
+    concurrency: int = Field(4, ge=1)  # closed loop: clients
+    rate: float = Field(100.0, gt=0)  # open loop: requests/s
+    arrival: Literal["poisson", "constant"] = "poisson"
+    connections: int = Field(64, ge=1)  # open loop: connection cap
+    batch_size: int = Field(1, ge=1, le=1024)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class SweepSpec(_Model):
+    concurrency: list[int] | None = None  # closed loop levels
+    rates: list[float] | None = None  # open loop levels
+
+    @model_validator(mode="after")
+    def _one(self) -> SweepSpec:
+        if bool(self.concurrency) == bool(self.rates):
+            raise ValueError("a sweep names exactly one of `concurrency` or `rates`")
+        return self
+
+
+class SloSpec(_Model):
+    p99_ms: float = Field(gt=0)
+    rate_low: float = Field(10.0, gt=0)
+    rate_high: float = Field(1000.0, gt=0)
+    iterations: int = Field(6, ge=1, le=20)
+    step_duration_s: float = Field(5.0, gt=0)
+    max_error_rate: float = Field(0.0, ge=0, le=1)
+    # A step counts only when both halves agree on pass/fail; an unstable step is retried this often.
+    retries: int = Field(1, ge=0, le=5)
+
+
+class Thresholds(_Model):
+    p99_ms: float | None = None  # fail when any target's p99 exceeds this
+    error_rate: float | None = 0.0  # fail when any target's failed share exceeds this
+
+
+class Scenario(_Model):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str = ""
+    mode: Literal["compare", "sweep", "slo_search"] = "compare"
+    targets: list[str] = Field(default_factory=lambda: ["torch", "tf"])
+    baseline: str | None = None  # the target others are compared with (default: the first)
+    load: LoadSpec = Field(default_factory=LoadSpec)
+    warmup_s: float = Field(5.0, ge=0)
+    duration_s: float = Field(8.0, gt=0)  # per round
+    requests: int | None = Field(None, ge=1)  # per round instead of (or as well as) a duration
+    rounds: int = Field(5, ge=1)
+    workers: int = Field(1, ge=1, le=64)
+    seed: int = 42
+    block_s: float = Field(1.0, gt=0)
+    max_lag_ms: float = Field(50.0, gt=0)
+    bootstrap: int = Field(1000, ge=100, le=20000)
+    pool_size: int = Field(256, ge=1, le=10000)  # distinct pre-encoded bodies
+    sweep: SweepSpec | None = None
+    slo: SloSpec | None = None
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    resources: Literal["auto", "psutil", "docker", "none"] = "auto"
+    pids: dict[str, int] = Field(default_factory=dict)  # backend ("torch"/"tf") -> PID, for psutil
+    containers: dict[str, str] = Field(default_factory=dict)  # backend -> container name, for docker
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        if not self.targets:
+            raise ValueError("a scenario needs at least one target")
+        for t in self.targets:
+            if t not in TARGET_NAMES:
+                raise ValueError(f"unknown target {t!r}; known: {', '.join(TARGET_NAMES)}")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("targets are listed twice")
+        if self.baseline is not None and self.baseline not in self.targets:
+            raise ValueError(f"baseline {self.baseline!r} is not among the targets")
+        if self.mode == "sweep" and self.sweep is None:
+            raise ValueError("mode sweep needs a `sweep` section")
+        if self.mode == "slo_search" and self.slo is None:
+            raise ValueError("mode slo_search needs an `slo` section")
+        return self
+
+    @property
+    def baseline_target(self) -> str:
+        return self.baseline or self.targets[0]
+
+    def levels(self) -> list[dict[str, Any]]:
+        """The load levels of the run: one for compare, one per sweep value."""
+        if self.mode == "sweep" and self.sweep is not None:
+            if self.sweep.concurrency:
+                return [{"loop": "closed", "concurrency": c} for c in self.sweep.concurrency]
+            return [{"loop": "open", "rate": r} for r in self.sweep.rates or []]
+        if self.load.loop == "closed":
+            return [{"loop": "closed", "concurrency": self.load.concurrency}]
+        return [{"loop": "open", "rate": self.load.rate}]
+
+    def planned_seconds(self) -> float:
+        """Load time the run will take (warm-ups included), used for limits and progress."""
+        n = len(self.targets)
+        if self.mode == "slo_search" and self.slo is not None:
+            per_target = self.warmup_s + self.slo.iterations * self.slo.step_duration_s * (1 + self.slo.retries)
+            return n * per_target
+        return n * self.warmup_s + len(self.levels()) * n * self.rounds * self.duration_s
+
+    def max_rate(self) -> float:
+        rates = [lv["rate"] for lv in self.levels() if lv["loop"] == "open"]
+        if self.mode == "slo_search" and self.slo is not None:
+            rates.append(self.slo.rate_high)
+        return max(rates, default=0.0)
+
+    def max_concurrency(self) -> int:
+        conc = [lv["concurrency"] for lv in self.levels() if lv["loop"] == "closed"]
+        return max([*conc, self.load.connections if self.load.loop == "open" else 0], default=0)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    text = Path(path).read_text(encoding="utf-8")
+    data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a scenario file holds a mapping")
+    return data
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name.rsplit(".", 1)[0] for p in resources.files("gateway.loadtest.scenarios").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_builtin(name: str) -> dict[str, Any]:
+    res = resources.files("gateway.loadtest.scenarios").joinpath(f"{name}.yaml")
+    if not res.is_file():
+        raise ValueError(f"no built-in scenario {name!r}; built-in: {', '.join(builtin_names())}")
+    return yaml.safe_load(res.read_text(encoding="utf-8"))

@@ -1,0 +1,252 @@
+"""What can be load-tested (named targets resolved from configuration) and the clients that hit them.
+
+A scenario names targets (`torch`, `tf`, `tf-grpc`, `gateway-torch`, `gateway-tf`), never addresses:
+the addresses come from the same environment variables the gateway reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import orjson
+
+from gateway.loadtest.grpc_wire import decode_output_int64
+
+TARGET_NAMES = ("torch", "tf", "tf-grpc", "gateway-torch", "gateway-tf")
+PREDICT_PATH = "/v1/models/cnn:predict"
+GRPC_METHOD = "/tensorflow.serving.PredictionService/Predict"
+
+
+class TargetError(ValueError):
+    """A scenario names a target that is not configured."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The configured addresses; defaults match DESIGN.md's local stack."""
+
+    torch_urls: tuple[str, ...] = ("http://127.0.0.1:8080",)
+    tf_rest_urls: tuple[str, ...] = ("http://127.0.0.1:8501",)
+    tf_grpc_targets: tuple[str, ...] = ("127.0.0.1:8500",)
+    gateway_url: str | None = None
+
+    @classmethod
+    def from_env(cls, gateway_url: str | None = None) -> Endpoints:
+        def csv(name: str, default: str) -> tuple[str, ...]:
+            return tuple(p.strip().rstrip("/") for p in os.environ.get(name, default).split(",") if p.strip())
+
+        return cls(
+            torch_urls=csv("GATEWAY_TORCH_URLS", "http://127.0.0.1:8080"),
+            tf_rest_urls=csv("GATEWAY_TF_REST_URLS", "http://127.0.0.1:8501"),
+            tf_grpc_targets=csv("GATEWAY_TF_GRPC_TARGETS", "127.0.0.1:8500"),
+            gateway_url=gateway_url.rstrip("/") if gateway_url else None,
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing to measure: protocol, replica addresses, and where its server-side metrics live."""
+
+    name: str
+    protocol: str  # "rest" | "grpc"
+    addresses: tuple[str, ...]  # base URLs (rest) or host:port (grpc)
+    path: str = PREDICT_PATH
+    backend: str = ""  # "torch" | "tf": which server does the work
+    metrics_urls: tuple[str, ...] = ()
+    metrics_kind: str = ""  # "torch" | "tf"
+    metrics_entrypoint: str = ""  # TF Serving's `entrypoint` label: REST or GRPC
+    status_url: str | None = None
+    ports: tuple[int, ...] = field(default_factory=tuple)  # backend listening ports, for resource use
+
+
+def resolve(name: str, ep: Endpoints) -> Target:
+    """A target by name; `gateway-*` targets need a gateway URL."""
+    torch_metrics = tuple(f"{u}/metrics" for u in ep.torch_urls)
+    tf_metrics = tuple(f"{u}/monitoring/prometheus/metrics" for u in ep.tf_rest_urls)
+    torch_ports = tuple(_port(u) for u in ep.torch_urls)
+    tf_ports = tuple(_port(u) for u in ep.tf_rest_urls)
+    if name == "torch":
+        return Target(name, "rest", ep.torch_urls, backend="torch", metrics_urls=torch_metrics,
+                      metrics_kind="torch", status_url=f"{ep.torch_urls[0]}/v1/models/cnn", ports=torch_ports)
+    if name == "tf":
+        return Target(name, "rest", ep.tf_rest_urls, backend="tf", metrics_urls=tf_metrics, metrics_kind="tf",
+                      metrics_entrypoint="REST", status_url=f"{ep.tf_rest_urls[0]}/v1/models/cnn", ports=tf_ports)
+    if name == "tf-grpc":
+        return Target(name, "grpc", ep.tf_grpc_targets, path=GRPC_METHOD, backend="tf", metrics_urls=tf_metrics,
+                      metrics_kind="tf", metrics_entrypoint="GRPC",
+                      status_url=f"{ep.tf_rest_urls[0]}/v1/models/cnn" if ep.tf_rest_urls else None,
+                      ports=tf_ports)
+    if name in ("gateway-torch", "gateway-tf"):
+        if not ep.gateway_url:
+            raise TargetError(f"target {name!r} needs a gateway URL (--via-gateway)")
+        backend = name.split("-", 1)[1]
+        inner = resolve(backend, ep)
+        return Target(name, "rest", (ep.gateway_url,), path=f"{PREDICT_PATH}?backend={backend}", backend=backend,
+                      metrics_urls=inner.metrics_urls, metrics_kind=inner.metrics_kind,
+                      metrics_entrypoint="GRPC" if backend == "tf" else "", status_url=inner.status_url,
+                      ports=inner.ports)
+    raise TargetError(f"unknown target {name!r}; known: {', '.join(TARGET_NAMES)}")
+
+
+def _port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outcomes. A request ends as ok (classes parsed) or as one error class; the engine counts both.
+
+ERR_CONNECT = "connect"
+ERR_TIMEOUT = "timeout"
+ERR_PROTOCOL = "protocol"
+
+
+class RequestFailed(Exception):
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+        self.detail = detail
+
+
+def parse_rest_classes(body: bytes) -> list[int]:
+    doc = orjson.loads(body)
+    preds = doc["predictions"]
+    return [int(p["classes"]) if isinstance(p, dict) else int(p) for p in preds]
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection over asyncio streams, sending pre-encoded request heads.
+
+    Measured in benchmarks/loadgen_vs_wrk.py: this costs a fraction of httpx's per-request CPU, which
+    is what decides how much load one generator core can offer.
+    """
+
+    def __init__(self, base_url: str, path: str, timeout_s: float):
+        parts = urlsplit(base_url)
+        if parts.scheme != "http":
+            raise TargetError(f"only http:// targets are supported by the raw client: {base_url}")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.timeout_s = timeout_s
+        base_path = parts.path.rstrip("/")
+        self.head = (
+            f"POST {base_path}{path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json\r\n"
+        ).encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        try:
+            self.reader, self.writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout_s)
+        except TimeoutError as exc:
+            raise RequestFailed(ERR_CONNECT, "connect timed out") from exc
+        except OSError as exc:
+            raise RequestFailed(ERR_CONNECT, str(exc)) from exc
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(self, body: bytes) -> tuple[float, list[int]]:
+        """Send one POST; returns (send time, predicted classes). Raises RequestFailed."""
+        reused = self.writer is not None
+        if not reused:
+            await self._connect()
+        sent = time.perf_counter()
+        try:
+            status, resp = await asyncio.wait_for(self._roundtrip(body), self.timeout_s)
+        except TimeoutError as exc:
+            self.close()
+            raise RequestFailed(ERR_TIMEOUT, f"no answer within {self.timeout_s}s") from exc
+        except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+            self.close()
+            if reused:
+                # The server closed an idle keep-alive connection: retry once on a fresh one.
+                return await self.request(body)
+            raise RequestFailed(ERR_CONNECT, str(exc) or type(exc).__name__) from exc
+        if status != 200:
+            raise RequestFailed(f"http_{status}", resp[:200].decode(errors="replace"))
+        try:
+            return sent, parse_rest_classes(resp)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RequestFailed(ERR_PROTOCOL, f"unexpected body: {resp[:120]!r}") from exc
+
+    async def _roundtrip(self, body: bytes) -> tuple[int, bytes]:
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(self.head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = -1
+        chunked = close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        if chunked:
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    await self.reader.readuntil(b"\r\n")
+                    break
+                parts.append(await self.reader.readexactly(size + 2))
+            resp = b"".join(p[:-2] for p in parts)
+        elif length >= 0:
+            resp = await self.reader.readexactly(length)
+        else:
+            resp = await self.reader.read()
+            close = True
+        if close:
+            self.close()
+        return status, resp
+
+
+class GrpcClient:
+    """grpc.aio channel(s) sending pre-serialized PredictRequests (HTTP/2 multiplexes concurrent calls)."""
+
+    def __init__(self, addresses: tuple[str, ...], timeout_s: float):
+        import grpc
+
+        self._grpc = grpc
+        self.timeout_s = timeout_s
+        self.channels = [grpc.aio.insecure_channel(a, options=[
+            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
+        ]) for a in addresses]
+        # No serializer: the request bytes were encoded before the run; the reply stays bytes too.
+        self.calls = [ch.unary_unary(GRPC_METHOD) for ch in self.channels]
+        self._next = 0
+
+    async def request(self, body: bytes) -> tuple[float, list[int]]:
+        call = self.calls[self._next % len(self.calls)]
+        self._next += 1
+        sent = time.perf_counter()
+        try:
+            resp = await call(body, timeout=self.timeout_s)
+        except self._grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == self._grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise RequestFailed(ERR_TIMEOUT, exc.details() or "") from exc
+            if code == self._grpc.StatusCode.UNAVAILABLE:
+                raise RequestFailed(ERR_CONNECT, exc.details() or "") from exc
+            raise RequestFailed(f"grpc_{code.name}", exc.details() or "") from exc
+        classes = decode_output_int64(resp, "classes")
+        if classes is None:
+            raise RequestFailed(ERR_PROTOCOL, "PredictResponse has no `classes` output")
+        return sent, classes
+
+    async def close(self) -> None:
+        for ch in self.channels:
+            await ch.close()
