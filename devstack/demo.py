@@ -75,16 +75,9 @@ def loadtest_env(settings: StackSettings) -> dict[str, str]:
 
 
 def loadtest_argv(settings: StackSettings, extra: Sequence[str]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gateway.loadtest",
-        "--report-dir",
-        str(settings.report_dir),
-        "--via-gateway",
-        settings.url(settings.gateway_port),
-        *extra,
-    ]
+    # The default comparison measures the backends directly (torch REST, TF REST, TF gRPC), found
+    # through loadtest_env; `--loadtest-args '--via-gateway URL'` measures them through the gateway.
+    return [sys.executable, "-m", "gateway.loadtest", "--report-dir", str(settings.report_dir), *extra]
 
 
 def find_new_run(report_dir: Path, since: float) -> Path | None:
