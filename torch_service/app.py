@@ -42,6 +42,12 @@ def _add_operational_routes(app: FastAPI) -> None:
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+def _add_hot_paths(app: FastAPI) -> None:
+    # The documented predict/infer routes stay for /docs; requests are matched first by plain
+    # Starlette routes to the same handlers, which skip FastAPI's per-request dependency solving.
+    app.router.routes[0:0] = [*rest_v1.HOT_ROUTES, *rest_v2.HOT_ROUTES]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     runtime = ModelRuntime.build(settings)  # fails fast on a bad device or batching file
@@ -50,11 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="TorchScript CNN behind TensorFlow Serving's REST API and the Open Inference Protocol (v2).",
         lifespan=_lifespan(runtime),
+        # Our own Prometheus metrics cover this; FastAPI's OpenTelemetry hooks would cost every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.runtime = runtime
     app.add_middleware(ServingMiddleware, metrics=runtime.metrics, max_body_bytes=settings.max_body_bytes)
     app.include_router(rest_v1.router)
     app.include_router(rest_v2.router)
     _add_operational_routes(app)
+    _add_hot_paths(app)
     install_exception_handlers(app)
     return app

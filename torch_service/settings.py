@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     # None -> tf_serving/batching.config, the one file both backends read.
     batching_parameters_file: Path | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default (one per core)
+    # torch intra-op threads per call; 0 = the cores divided by the number of batches that run at once.
+    num_threads: int = Field(0, ge=0)
     num_interop_threads: int = Field(0, ge=0)  # 0 = torch's default
     # Batching off: requests run concurrently on this many threads (0 = one per core) ...
     inference_threads: int = Field(0, ge=0)
@@ -93,7 +94,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_inference_threads(self) -> int:
-        return self.inference_threads or os.cpu_count() or 1
+        return self.inference_threads or len(os.sched_getaffinity(0))
 
 
 def describe_validation_error(exc: ValidationError) -> str:

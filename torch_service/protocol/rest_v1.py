@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from serving_core import contract
 from serving_core.errors import InvalidArgument, NotFound
@@ -56,9 +57,10 @@ async def v1_get(request: Request) -> Response:
 )
 async def v1_post(request: Request) -> Response:
     rt = runtime(request)
-    mp = parse_model_path(request.url.path)
+    path = request.scope["path"]
+    mp = parse_model_path(path)
     if mp.verb is None:
-        raise NotFound(f"Malformed request: POST {request.url.path}")
+        raise NotFound(f"Malformed request: POST {path}")
     if mp.label is not None:
         raise InvalidArgument(f"Unrecognized servable version label: {mp.label}")
     rt.check_name(mp.name)
@@ -72,3 +74,7 @@ async def v1_post(request: Request) -> Response:
     req = await parse(body, parse_predict_body, max_batch_size=rt.sched.request_limit)
     _, outputs = await rt.predict(mp.version, req.images)
     return Response(predict_response(req.format, outputs), media_type="application/json")
+
+
+# Served by a plain Starlette route placed before the documented one (see app._add_hot_paths).
+HOT_ROUTES = [Route("/v1/models/{model_path:path}", v1_post, methods=["POST"])]

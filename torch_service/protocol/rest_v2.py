@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from serving_core import contract
 from serving_core.errors import InvalidArgument, NotFound, Unavailable
@@ -205,3 +206,15 @@ async def infer(request: Request, name: str) -> Response:
 @router.post("/v2/models/{name}/versions/{version}/infer", summary="Inference on one version", openapi_extra=_INFER_DOC)
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
+
+
+async def _infer_hot(request: Request) -> Response:
+    params = request.path_params
+    return await _infer(request, params["name"], params.get("version"))
+
+
+# Served by plain Starlette routes placed before the documented ones (see app._add_hot_paths).
+HOT_ROUTES = [
+    Route("/v2/models/{name}/infer", _infer_hot, methods=["POST"]),
+    Route("/v2/models/{name}/versions/{version}/infer", _infer_hot, methods=["POST"]),
+]
