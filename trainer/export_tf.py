@@ -83,7 +83,7 @@ def build_tf_module(weights: TFWeights) -> Any:
     """A tf.Module whose `serve` tf.function implements the contract's serving_default signature."""
     tf = import_tf()
 
-    class CNNModule(tf.Module):  # type: ignore[misc,name-defined]
+    class CNNModule(tf.Module):  # type: ignore[name-defined]
         def __init__(self, w: TFWeights) -> None:
             super().__init__(name="cnn")
             self.conv_kernels = [tf.Variable(k, name=f"conv{i}_kernel") for i, (k, _) in enumerate(w.convs)]

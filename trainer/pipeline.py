@@ -147,7 +147,7 @@ def _on_rank0(ctx: DistContext, fn: Callable[[], T]) -> T:
     status, value = box[0]
     if status == "error":
         raise TrainerError(value)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def export_and_publish(
@@ -172,7 +172,7 @@ def export_and_publish(
         parity = check_parity(dirs["torchscript"] / "model.pt", dirs["tensorflow"], splits.x_test, seed=config.seed)
 
         n = min(GOLDEN_MAX, len(splits.y_test))
-        golden = {
+        golden: dict[str, np.ndarray] = {
             "images": splits.x_test[:n].astype(np.float32),
             "labels": splits.y_test[:n].astype(np.int64),
             "probabilities": parity.reference_probabilities[:n].astype(np.float32),
@@ -203,7 +203,13 @@ def export_and_publish(
         }
         manifests = {}
         for tree, d in dirs.items():
-            np.savez(d / "golden.npz", **golden)
+            np.savez(
+                d / "golden.npz",
+                images=golden["images"],
+                labels=golden["labels"],
+                probabilities=golden["probabilities"],
+                classes=golden["classes"],
+            )
             (d / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
             manifests[tree] = write_manifest(d, {**common, "format": FORMATS[tree]})
         targets = commit_version(staging, repo, version)
