@@ -62,6 +62,17 @@ async def _serve(settings: object, config: object) -> None:
         await asyncio.to_thread(registry.stop)
 
 
+def _run(coro: object) -> None:
+    # uvloop (shipped with uvicorn[standard]) roughly halves the per-request cost of the event loop;
+    # grpc.aio runs on it too. Plain asyncio where it is missing.
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+        return
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
 def main() -> int:
     from pydantic import ValidationError
 
@@ -85,7 +96,7 @@ def main() -> int:
     _configure_tensorflow(settings)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # replaced by uvicorn's handler once serving
     try:
-        asyncio.run(_serve(settings, config))
+        _run(_serve(settings, config))
     except OSError as exc:
         print(f"tf_serving.compat: cannot serve: {exc}", file=sys.stderr)
         return 1
