@@ -1,0 +1,227 @@
+"""Gateway overhead: latency through the gateway minus latency straight to the backend, side by side.
+
+Starts torch_service, the TF-Serving-compatible server (REST + gRPC) and the gateway (TF upstream over
+gRPC, as by default) on free loopback ports, warms every path up, then for each backend and
+concurrency sends the same request alternately in rounds straight to the backend and through the
+gateway (same client, same body, interleaved in time) and prints p50/p99 of both and their difference.
+
+    python benchmarks/gateway_overhead.py [--requests 2000] [--concurrency 1,64] [--batch 1]
+
+A stack that is already running can be measured instead: --torch-url, --tf-url and --gateway-url.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devstack.ensure_model import ensure_model  # noqa: E402
+from devstack.process import ManagedProcess, free_port  # noqa: E402
+
+
+def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[ManagedProcess], dict[str, str]]:
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "MODEL_REPOSITORY": str(repo)}
+    tp, rp, gp, gwp = free_port(), free_port(), free_port(), free_port()
+    urls = {"torch": f"http://127.0.0.1:{tp}", "tf": f"http://127.0.0.1:{rp}", "gateway": f"http://127.0.0.1:{gwp}"}
+    procs = [
+        ManagedProcess.python_module(
+            "torch_service",
+            "torch_service",
+            ready_url=f"{urls['torch']}/v2/health/ready",
+            log_dir=log_dir,
+            env={
+                **quiet,
+                "TORCH_SERVICE_HOST": "127.0.0.1",
+                "TORCH_SERVICE_PORT": str(tp),
+                "TORCH_SERVICE_LOG_LEVEL": "warning",
+            },
+            cwd=ROOT,
+        ),
+        ManagedProcess.python_module(
+            "tf_compat",
+            "tf_serving.compat",
+            ready_url=f"{urls['tf']}/v1/models/cnn",
+            log_dir=log_dir,
+            env={**quiet, "TF_SERVING_REST_PORT": str(rp), "TF_SERVING_GRPC_PORT": str(gp)},
+            cwd=ROOT,
+        ),
+        ManagedProcess.python_module(
+            "gateway",
+            "gateway",
+            ready_url=f"{urls['gateway']}/readyz",
+            log_dir=log_dir,
+            env={
+                **quiet,
+                "GATEWAY_PORT": str(gwp),
+                "GATEWAY_TORCH_URLS": urls["torch"],
+                "GATEWAY_TF_GRPC_TARGETS": f"127.0.0.1:{gp}",
+                "GATEWAY_TF_PROTOCOL": "grpc",
+                "GATEWAY_ACCESS_LOG": str(access_log).lower(),
+                "GATEWAY_HEALTH_INTERVAL_S": "0.5",
+            },
+            cwd=ROOT,
+        ),
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.wait_ready(300)
+    return procs, urls
+
+
+async def wait_both_ready(gateway: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as c:
+        while time.monotonic() < deadline:
+            doc = (await c.get(f"{gateway}/readyz")).json()
+            if all(doc.get("backends", {}).values()):
+                return
+            await asyncio.sleep(0.3)
+    raise TimeoutError("gateway never saw both backends ready")
+
+
+async def run_path(client: httpx.AsyncClient, url: str, body: bytes, n: int, concurrency: int) -> list[float]:
+    """n requests with `concurrency` in flight; latencies in ms. Every answer is checked."""
+    latencies: list[float] = []
+    remaining = n
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            t0 = time.perf_counter()
+            r = await client.post(url, content=body, headers={"content-type": "application/json"})
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.text[:200]}")
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+async def measure(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str, object]]:
+    rng = np.random.default_rng(0)
+    body = orjson.dumps(
+        {"instances": rng.random((args.batch, 28, 28, 1), dtype=np.float32)}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
+    paths = {
+        ("torch", "direct"): f"{urls['torch']}/v1/models/cnn:predict",
+        ("torch", "gateway"): f"{urls['gateway']}/v1/models/cnn:predict?backend=torch",
+        ("tf", "direct"): f"{urls['tf']}/v1/models/cnn:predict",
+        ("tf", "gateway"): f"{urls['gateway']}/v1/models/cnn:predict?backend=tf",
+    }
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    rows = []
+    async with httpx.AsyncClient(limits=limits, timeout=60, trust_env=False) as client:
+        for url in paths.values():  # warm-up: connections, JIT/graph caches, batching threads
+            await run_path(client, url, body, args.warmup, 4)
+        for concurrency in args.concurrency:
+            for backend in ("torch", "tf"):
+                lat: dict[str, list[float]] = {"direct": [], "gateway": []}
+                rounds = args.rounds
+                per_round = max(concurrency, args.requests // rounds)
+                for r in range(rounds):
+                    # Alternate which path goes first so drift (thermal, other load) hits both equally.
+                    order = ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct")
+                    for path in order:
+                        lat[path] += await run_path(client, paths[(backend, path)], body, per_round, concurrency)
+                row = {"backend": backend, "concurrency": concurrency, "n": len(lat["gateway"])}
+                for q in (50, 99):
+                    d, g = pct(lat["direct"], q), pct(lat["gateway"], q)
+                    row |= {f"direct_p{q}": d, f"gateway_p{q}": g, f"overhead_p{q}": g - d}
+                rows.append(row)
+                print(
+                    f"{backend:5s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
+                    f"p99 {row['direct_p99']:7.3f} | gateway p50 {row['gateway_p50']:7.3f} "
+                    f"p99 {row['gateway_p99']:7.3f}"
+                    f" | overhead p50 {row['overhead_p50']:+7.3f} p99 {row['overhead_p99']:+7.3f} ms",
+                    flush=True,
+                )
+    return rows
+
+
+def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
+    lines = [
+        "| backend (gateway upstream) | concurrency | direct p50 / p99 (ms) | via gateway p50 / p99 (ms) "
+        "| overhead p50 / p99 (ms) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        up = "torch (REST)" if r["backend"] == "torch" else "tf (gRPC)"
+        lines.append(
+            f"| {up} | {r['concurrency']} | {r['direct_p50']:.3f} / {r['direct_p99']:.3f} "
+            f"| {r['gateway_p50']:.3f} / {r['gateway_p99']:.3f} "
+            f"| {r['overhead_p50']:+.3f} / {r['overhead_p99']:+.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=2000, help="per path, backend and concurrency")
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved direct/gateway rounds")
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64])
+    ap.add_argument("--batch", type=int, default=1, help="images per request")
+    ap.add_argument(
+        "--model-repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository"))
+    )
+    ap.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gateway access log on (the default deployment) or off",
+    )
+    ap.add_argument("--torch-url")
+    ap.add_argument("--tf-url")
+    ap.add_argument("--gateway-url")
+    args = ap.parse_args()
+
+    procs: list[ManagedProcess] = []
+    try:
+        if args.gateway_url:
+            urls = {"torch": args.torch_url, "tf": args.tf_url, "gateway": args.gateway_url}
+        else:
+            repo = args.model_repository.resolve()
+            version, trained = ensure_model(repo)
+            print(f"model repository {repo} (version {version}{', trained now' if trained else ''})")
+            log_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+            print(f"starting torch_service, tf_serving.compat, gateway (logs in {log_dir}) ...", flush=True)
+            procs, urls = start_stack(repo, log_dir, args.access_log)
+        asyncio.run(wait_both_ready(urls["gateway"]))
+        print(
+            f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+            f"{platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}; batch {args.batch}, "
+            f"access log {'on' if args.access_log else 'off'}",
+            flush=True,
+        )
+        rows = asyncio.run(measure(urls, args))
+        print()
+        print(markdown(rows, args))
+    finally:
+        for p in reversed(procs):
+            p.stop(grace=5)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
