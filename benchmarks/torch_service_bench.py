@@ -168,22 +168,39 @@ class Round:
     server: str
     c1_p50_ms: float
     c1_p99_ms: float
+    c1_server_cpu_ms: float  # server process CPU time per request: robust to a busy machine
     c64_rps: float
     c64_p50_ms: float
     c64_p99_ms: float
+    c64_server_cpu_ms: float
 
 
-async def measure(name: str, port: int, request: bytes, expected: int, args: argparse.Namespace) -> Round:
+def cpu_seconds(proc: ManagedProcess) -> float:
+    import psutil
+
+    assert proc.proc is not None
+    t = psutil.Process(proc.proc.pid).cpu_times()
+    return t.user + t.system
+
+
+async def measure(
+    name: str, proc: ManagedProcess, port: int, request: bytes, expected: int, args: argparse.Namespace
+) -> Round:
+    c0 = cpu_seconds(proc)
     lat1, _ = await run_load(port, request, expected, 1, args.requests)
+    c1 = cpu_seconds(proc)
     lat64, wall = await run_load(port, request, expected, 64, args.throughput_requests)
+    c2 = cpu_seconds(proc)
     ms = 1000.0
     return Round(
         name,
         float(np.percentile(lat1, 50) * ms),
         float(np.percentile(lat1, 99) * ms),
+        (c1 - c0) / len(lat1) * ms,
         len(lat64) / wall,
         float(np.percentile(lat64, 50) * ms),
         float(np.percentile(lat64, 99) * ms),
+        (c2 - c1) / len(lat64) * ms,
     )
 
 
@@ -200,6 +217,7 @@ def cpu_model() -> str:
 async def main_async(args: argparse.Namespace) -> dict:
     import torch
 
+    load_start = os.getloadavg()[0]
     device = args.device
     if device == "auto":
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -238,11 +256,12 @@ async def main_async(args: argparse.Namespace) -> dict:
             for r in range(args.repeats):
                 order = list(servers) if r % 2 == 0 else list(reversed(servers))
                 for n in order:
-                    rd = await measure(n, servers[n][1], requests[n], expected, args)
+                    rd = await measure(n, servers[n][0], servers[n][1], requests[n], expected, args)
                     rounds.append(rd)
                     print(
-                        f"round {r + 1} {n:>12}: c1 p50 {rd.c1_p50_ms:.3f} ms p99 {rd.c1_p99_ms:.3f} ms | "
-                        f"c64 {rd.c64_rps:.0f} req/s p50 {rd.c64_p50_ms:.2f} ms p99 {rd.c64_p99_ms:.2f} ms",
+                        f"round {r + 1} {n:>12}: c1 p50 {rd.c1_p50_ms:.3f} ms p99 {rd.c1_p99_ms:.3f} ms "
+                        f"cpu/req {rd.c1_server_cpu_ms:.3f} ms | c64 {rd.c64_rps:.0f} req/s p50 {rd.c64_p50_ms:.2f} ms "
+                        f"p99 {rd.c64_p99_ms:.2f} ms cpu/req {rd.c64_server_cpu_ms:.3f} ms",
                         flush=True,
                     )
             # OIP v2 infer at concurrency 1 on the batching-on server, for comparison with v1.
@@ -257,14 +276,13 @@ async def main_async(args: argparse.Namespace) -> dict:
     def med(server: str, field: str) -> float:
         return statistics.median(getattr(r, field) for r in rounds if r.server == server)
 
-    summary = {
-        server: {f: med(server, f) for f in ("c1_p50_ms", "c1_p99_ms", "c64_rps", "c64_p50_ms", "c64_p99_ms")}
-        for server in servers
-    }
+    fields = [f for f in Round.__dataclass_fields__ if f != "server"]
+    summary = {server: {f: med(server, f) for f in fields} for server in servers}
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "machine": f"{os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}",
+        "load_average_start_end": [load_start, os.getloadavg()[0]],
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": device,
@@ -284,6 +302,8 @@ def print_report(res: dict) -> None:
     print(f"command: {res['command']}")
     print(f"machine: {res['machine']}; python {res['python']}, torch {res['torch']}; device {res['device']}")
     print(f"date: {res['date']}; medians of {res['repeats']} interleaved rounds")
+    la = res["load_average_start_end"]
+    print(f"1-min load average: {la[0]:.1f} at start, {la[1]:.1f} at end (shared machine)")
     print()
     print("| | batching on | batching off |")
     print("| --- | --- | --- |")
@@ -298,9 +318,11 @@ def print_report(res: dict) -> None:
             "{:.3f}",
         ),
         ("HTTP p99, concurrency 1 (ms)", on["c1_p99_ms"], off["c1_p99_ms"], "{:.3f}"),
+        ("server CPU per request, concurrency 1 (ms)", on["c1_server_cpu_ms"], off["c1_server_cpu_ms"], "{:.3f}"),
         ("throughput, concurrency 64 (req/s)", on["c64_rps"], off["c64_rps"], "{:.0f}"),
         ("p50, concurrency 64 (ms)", on["c64_p50_ms"], off["c64_p50_ms"], "{:.2f}"),
         ("p99, concurrency 64 (ms)", on["c64_p99_ms"], off["c64_p99_ms"], "{:.2f}"),
+        ("server CPU per request, concurrency 64 (ms)", on["c64_server_cpu_ms"], off["c64_server_cpu_ms"], "{:.3f}"),
     ]
     for label, a, b, fmt in rows:
         print(f"| {label} | {fmt.format(a)} | {fmt.format(b)} |")
