@@ -72,7 +72,7 @@ class _Recorder:
         self.golden_agree = 0
         self.golden_checked = 0
         self.predictions: dict[int, list[int]] = {}
-        self.first_send: float | None = None
+        self.aborted: str | None = None
         self.last_done = start
 
     def record(self, body_idx: int, bodies: BodySet, when: float, sent: float, done: float,
@@ -120,7 +120,7 @@ class _Recorder:
                  "errors": self.block_errors.get(i, 0)}
                 for i in range(n_blocks)
             ],
-            "images": self.images, "correct": self.correct,
+            "aborted": self.aborted, "images": self.images, "correct": self.correct,
             "golden_checked": self.golden_checked, "golden_agree": self.golden_agree,
             "predictions": {str(k): v for k, v in self.predictions.items()},
         }
@@ -267,13 +267,25 @@ async def _open_loop(spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_clien
                 idle.put_nowait(conn)
 
     number = spec.worker_index
+    # Hopelessly behind (the generator, not the server, is the limit): stop instead of piling up
+    # requests; the step is then invalid because it sent less than its schedule.
+    abort_lag = max(1.0, 20 * spec.max_lag_ms / 1000.0)
+    behind = 0
     for off in offsets:
         if cancel is not None and cancel.is_set():
             break
         intended = rec.start + float(off)
         delay = intended - time.perf_counter()
         if delay > 0:
+            behind = 0
             await asyncio.sleep(delay)
+        else:
+            if -delay > abort_lag:
+                rec.aborted = f"scheduling lag reached {-delay:.1f} s"
+                break
+            behind += 1
+            if behind % 32 == 0:
+                await asyncio.sleep(0)  # let answers be read even while catching up
         H.record_s(rec.lag, max(time.perf_counter() - intended, 0.0))
         rec.sent += 1
         task = asyncio.create_task(fire(number, intended))
@@ -303,6 +315,7 @@ def merge_results(parts: list[dict[str, Any]], spec: StepSpec) -> dict[str, Any]
     out["errors"] = dict(errors)
     out["failed"] = sum(errors.values())
     out["error_samples"] = [s for p in parts for s in p["error_samples"]][:5]
+    out["aborted"] = next((p["aborted"] for p in parts if p.get("aborted")), None)
     out["elapsed_s"] = max(p["elapsed_s"] for p in parts)
     for key in ("latency", "service", "lag"):
         out[key] = H.encode(H.merge(p[key] for p in parts))
@@ -347,7 +360,8 @@ def judge(res: dict[str, Any], spec: StepSpec) -> dict[str, Any]:
                 f"generator fell behind its schedule: scheduling lag p99 {lag_p99:.1f} ms > {spec.max_lag_ms} ms"
                 " (use more workers or a lower rate)")
         if res["scheduled"] and res["sent"] < spec.min_rate_fraction * res["scheduled"]:
-            reasons.append(f"generator sent {res['sent']} of {res['scheduled']} scheduled requests")
+            why = f" ({res['aborted']}, step stopped)" if res.get("aborted") else ""
+            reasons.append(f"generator sent {res['sent']} of {res['scheduled']} scheduled requests{why}")
         if reasons:
             info["valid"] = False
             info["invalid_reasons"] = reasons
