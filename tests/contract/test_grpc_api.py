@@ -101,7 +101,7 @@ def test_metadata(channel: grpc.Channel) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (lambda r: r.inputs["pixels"].CopyFrom(r.inputs["images"]), grpc.StatusCode.INVALID_ARGUMENT),
-        (lambda r: r.model_spec.__setattr__("signature_name", "nope"), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda r: r.model_spec.__setattr__("signature_name", "nope"), grpc.StatusCode.FAILED_PRECONDITION),
         (lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )

@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving_core import contract, tfs_rest
-from serving_core.errors import Internal, InvalidArgument, ServingError
+from serving_core.errors import FailedPrecondition, Internal, InvalidArgument, ServingError
 from tf_serving.compat.model import ModelRegistry
 
 _NP_TO_DT = {np.dtype(np.float32): 1, np.dtype(np.int64): 9}  # DT_FLOAT, DT_INT64 (types.proto)
@@ -97,7 +97,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         version = _model_version(spec)
         sig = spec.signature_name or contract.SIGNATURE_NAME
         if sig != contract.SIGNATURE_NAME:
-            raise InvalidArgument(f'Serving signature name: "{sig}" not found in signature def')
+            # predict_util.cc's status and wording for an unknown signature key.
+            raise FailedPrecondition(f'Serving signature key "{sig}" not found.')
         names = set(request.inputs)
         if names != {contract.INPUT_NAME}:
             raise InvalidArgument(
