@@ -151,3 +151,24 @@ def test_malformed_json_is_400(backend: Backend) -> None:
         timeout=TIMEOUT,
     )
     _assert_error(r, 400)
+
+
+def test_prometheus_metrics_use_tf_serving_names(backend: Backend) -> None:
+    """The scrape path of monitoring.config, with TF Serving's metric names (torch_service has its own)."""
+    if backend.name == "torch_service":
+        pytest.skip("torch_service exports its own metrics, not TF Serving's")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    one = {"instances": np.zeros((1, 28, 28, 1)).tolist()}
+    assert requests.post(f"{backend.rest_url}/v1/models/cnn:predict", json=one, timeout=TIMEOUT).status_code == 200
+    r = requests.get(f"{backend.rest_url}/monitoring/prometheus/metrics", timeout=TIMEOUT)
+    assert r.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    counts = families[":tensorflow:serving:request_count"].samples
+    assert any(s.labels == {"model_name": "cnn", "status": "OK"} and s.value >= 1 for s in counts)
+    latency = families[":tensorflow:serving:request_latency"]
+    assert latency.type == "histogram"
+    assert any(
+        s.name.endswith("_count") and s.labels.get("entrypoint") == "REST" and s.labels.get("API") == "predict"
+        for s in latency.samples
+    )

@@ -247,3 +247,27 @@ def test_settings_defaults_follow_design() -> None:
     s = Settings()
     assert (s.rest_port, s.grpc_port, s.host) == (8501, 8500, "127.0.0.1")
     assert load_server_config(s).batching is not None
+
+
+def test_app_loads_models_in_its_lifespan(repo: Path, golden: dict[str, np.ndarray]) -> None:
+    from fastapi.testclient import TestClient
+
+    settings = Settings(model_repository=repo, file_system_poll_wait_seconds=0, grpc_port=0)
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/models/cnn").json()["model_version_status"][0]["state"] == "AVAILABLE"
+        r = c.post("/v1/models/cnn:predict", json={"instances": _images(golden, 1)})
+        assert r.status_code == 200
+        assert "request_latency_bucket" in c.get("/monitoring/prometheus/metrics").text
+        assert c.get("/v1/models/cnn:predict").status_code == 404
+
+
+def test_metrics_path_absent_when_monitoring_is_off(repo: Path, tmp_path: Path) -> None:
+    off = tmp_path / "monitoring.config"
+    off.write_text("prometheus_config { enable: false }\n")
+    reg = _registry(repo, None)
+    reg.config = ServerConfig(reg.config.models, None, load_monitoring_config(off))
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(reg.settings, reg)) as c:
+        r = c.get("/monitoring/prometheus/metrics")
+        assert r.status_code == 404 and "error" in r.json()
