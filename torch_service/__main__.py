@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 from pydantic import ValidationError
@@ -40,7 +41,7 @@ def main() -> int:
         lifespan="on",
         log_level=settings.log_level,
         access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_s) or None,
+        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),
         log_config=None,  # keep the logging set up above
     )
     server = uvicorn.Server(config)
