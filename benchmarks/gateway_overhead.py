@@ -25,12 +25,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
+import psutil
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devstack.ensure_model import ensure_model  # noqa: E402
 from devstack.process import ManagedProcess, free_port  # noqa: E402
+from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 
 def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[ManagedProcess], dict[str, str]]:
@@ -94,8 +97,12 @@ async def wait_both_ready(gateway: str, timeout: float = 120) -> None:
     raise TimeoutError("gateway never saw both backends ready")
 
 
-async def run_path(client: httpx.AsyncClient, url: str, body: bytes, n: int, concurrency: int) -> list[float]:
-    """n requests with `concurrency` in flight; latencies in ms. Every answer is checked."""
+async def run_path(pool: Http1Pool, path: str, body: bytes, n: int, concurrency: int) -> list[float]:
+    """n requests with `concurrency` in flight; latencies in ms. Every answer is checked.
+
+    The client is the gateway's own lean HTTP/1.1 pool (one write per call, kept-alive connections):
+    a heavier client would eat the two cores the servers under test need and blur the difference.
+    """
     latencies: list[float] = []
     remaining = n
 
@@ -104,72 +111,85 @@ async def run_path(client: httpx.AsyncClient, url: str, body: bytes, n: int, con
         while remaining > 0:
             remaining -= 1
             t0 = time.perf_counter()
-            r = await client.post(url, content=body, headers={"content-type": "application/json"})
+            r = await pool.request("POST", path, body)
             latencies.append((time.perf_counter() - t0) * 1000.0)
-            if r.status_code != 200:
-                raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.text[:200]}")
+            if r.status != 200 or not r.content.startswith(b'{"predictions"'):
+                raise RuntimeError(f"{path}: HTTP {r.status}: {r.content[:200]!r}")
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies
+
+
+def cpu_s(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return float("nan")
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-async def measure(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str, object]]:
+async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pid: int | None) -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
     body = orjson.dumps(
         {"instances": rng.random((args.batch, 28, 28, 1), dtype=np.float32)}, option=orjson.OPT_SERIALIZE_NUMPY
     )
+    pools = {name: Http1Pool(url, max_connections=256, connect_timeout_s=5) for name, url in urls.items()}
     paths = {
-        ("torch", "direct"): f"{urls['torch']}/v1/models/cnn:predict",
-        ("torch", "gateway"): f"{urls['gateway']}/v1/models/cnn:predict?backend=torch",
-        ("tf", "direct"): f"{urls['tf']}/v1/models/cnn:predict",
-        ("tf", "gateway"): f"{urls['gateway']}/v1/models/cnn:predict?backend=tf",
+        ("torch", "direct"): ("torch", "/v1/models/cnn:predict"),
+        ("torch", "gateway"): ("gateway", "/v1/models/cnn:predict?backend=torch"),
+        ("tf", "direct"): ("tf", "/v1/models/cnn:predict"),
+        ("tf", "gateway"): ("gateway", "/v1/models/cnn:predict?backend=tf"),
     }
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    gw_proc = psutil.Process(gw_pid) if gw_pid else None
     rows = []
-    async with httpx.AsyncClient(limits=limits, timeout=60, trust_env=False) as client:
-        for url in paths.values():  # warm-up: connections, JIT/graph caches, batching threads
-            await run_path(client, url, body, args.warmup, 4)
-        for concurrency in args.concurrency:
-            for backend in ("torch", "tf"):
-                lat: dict[str, list[float]] = {"direct": [], "gateway": []}
-                rounds = args.rounds
-                per_round = max(concurrency, args.requests // rounds)
-                for r in range(rounds):
-                    # Alternate which path goes first so drift (thermal, other load) hits both equally.
-                    order = ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct")
-                    for path in order:
-                        lat[path] += await run_path(client, paths[(backend, path)], body, per_round, concurrency)
-                row = {"backend": backend, "concurrency": concurrency, "n": len(lat["gateway"])}
-                for q in (50, 99):
-                    d, g = pct(lat["direct"], q), pct(lat["gateway"], q)
-                    row |= {f"direct_p{q}": d, f"gateway_p{q}": g, f"overhead_p{q}": g - d}
-                rows.append(row)
-                print(
-                    f"{backend:5s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
-                    f"p99 {row['direct_p99']:7.3f} | gateway p50 {row['gateway_p50']:7.3f} "
-                    f"p99 {row['gateway_p99']:7.3f}"
-                    f" | overhead p50 {row['overhead_p50']:+7.3f} p99 {row['overhead_p99']:+7.3f} ms",
-                    flush=True,
-                )
+    for server, path in paths.values():  # warm-up: connections, graph caches, batching threads
+        await run_path(pools[server], path, body, args.warmup, 4)
+    for concurrency in args.concurrency:
+        for backend in ("torch", "tf"):
+            lat: dict[str, list[float]] = {"direct": [], "gateway": []}
+            gw_cpu = 0.0
+            per_round = max(concurrency, args.requests // args.rounds)
+            for r in range(args.rounds):
+                # Alternate which path goes first so drift (other load on the machine) hits both alike.
+                for which in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
+                    server, path = paths[(backend, which)]
+                    before = cpu_s(gw_proc)
+                    lat[which] += await run_path(pools[server], path, body, per_round, concurrency)
+                    if which == "gateway":
+                        gw_cpu += cpu_s(gw_proc) - before
+            row: dict[str, object] = {"backend": backend, "concurrency": concurrency, "n": len(lat["gateway"])}
+            for q in (50, 99):
+                d, g = pct(lat["direct"], q), pct(lat["gateway"], q)
+                row |= {f"direct_p{q}": d, f"gateway_p{q}": g, f"overhead_p{q}": g - d}
+            row["gateway_cpu_ms"] = gw_cpu * 1000.0 / len(lat["gateway"])
+            rows.append(row)
+            print(
+                f"{backend:5s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
+                f"p99 {row['direct_p99']:7.3f} | gateway p50 {row['gateway_p50']:7.3f} "
+                f"p99 {row['gateway_p99']:7.3f} | overhead p50 {row['overhead_p50']:+7.3f} "
+                f"p99 {row['overhead_p99']:+7.3f} ms | gateway CPU {row['gateway_cpu_ms']:.3f} ms/request",
+                flush=True,
+            )
+    for pool in pools.values():
+        await pool.aclose()
     return rows
 
 
 def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [
         "| backend (gateway upstream) | concurrency | direct p50 / p99 (ms) | via gateway p50 / p99 (ms) "
-        "| overhead p50 / p99 (ms) |",
-        "| --- | --- | --- | --- | --- |",
+        "| overhead p50 / p99 (ms) | gateway CPU per request (ms) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         up = "torch (REST)" if r["backend"] == "torch" else "tf (gRPC)"
         lines.append(
             f"| {up} | {r['concurrency']} | {r['direct_p50']:.3f} / {r['direct_p99']:.3f} "
             f"| {r['gateway_p50']:.3f} / {r['gateway_p99']:.3f} "
-            f"| {r['overhead_p50']:+.3f} / {r['overhead_p99']:+.3f} |"
+            f"| {r['overhead_p50']:+.3f} / {r['overhead_p99']:+.3f} | {r['gateway_cpu_ms']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -214,7 +234,8 @@ def main() -> int:
             f"access log {'on' if args.access_log else 'off'}",
             flush=True,
         )
-        rows = asyncio.run(measure(urls, args))
+        gw_pid = procs[-1].proc.pid if procs and procs[-1].proc else None
+        rows = uvloop.run(measure(urls, args, gw_pid))
         print()
         print(markdown(rows, args))
     finally:

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from gateway.api import backends, classify, compare, health, predict
 from gateway.errors import install_handlers
+from gateway.loadtest.api import build_router as build_loadtest_router
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware
 from gateway.service import Gateway
@@ -19,6 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     gw = Gateway(settings, metrics)
+    loadtests = build_loadtest_router(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -26,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            loadtests.manager.shutdown()  # type: ignore[attr-defined]  # a running load test is cancelled
             await gw.stop()
 
     app = FastAPI(
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Endpoints.
     for module in (predict, compare, classify, backends, health):
         app.include_router(module.router)
+    app.include_router(loadtests)  # /v1/loadtests (gateway/loadtest/api.py)
     # Exception handlers: every error leaves as {"error": ...} with its status.
     install_handlers(app)
     return app

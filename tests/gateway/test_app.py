@@ -170,3 +170,14 @@ def test_openapi_lists_the_api(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/v1/models/{model}:predict", "/v1/compare", "/v1/classify", "/v1/backends", "/readyz"):
         assert p in paths
+
+
+def test_loadtests_router_is_mounted_behind_the_api_keys(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
+    monkeypatch.setenv("GATEWAY_LOADTEST_REPORTS_DIR", str(tmp_path))
+    with make_client(api_keys=["k"]) as c:
+        assert c.get("/v1/loadtests").status_code == 401
+        r = c.get("/v1/loadtests", headers={"Authorization": "Bearer k"})
+        assert r.status_code == 200 and r.json() == {"loadtests": []}
+        assert "/v1/loadtests" in c.get("/openapi.json").json()["paths"]
