@@ -43,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=sorted(PRESETS))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--threads", type=int, help="CPU training threads (default: torch's, one per core)")
     ap.add_argument("--train-only", action="store_true", help="skip export/parity/publish (no TensorFlow)")
     args = ap.parse_args()
 
@@ -50,7 +51,7 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "-"
     print(
         f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC | nproc {os.cpu_count()} | CPU {cpu_model()} | "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads) | device {device} {gpu} | "
+        f"torch {torch.__version__} ({args.threads or torch.get_num_threads()} threads) | device {device} {gpu} | "
         f"load avg {os.getloadavg()[0]:.1f}"
     )
     header = (
@@ -59,7 +60,7 @@ def main() -> None:
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for preset in args.presets:
-        cfg = make_config(preset, device=args.device)
+        cfg = make_config(preset, device=args.device, threads=args.threads)
         net = CNN(cfg.model)
         params, flops = count_params(net), flops_per_image(net)
         t0 = time.perf_counter()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,13 +77,37 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def seed_everything(seed: int) -> None:
+@contextlib.contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seed everything and use deterministic kernels while training: same seed, same machine, same
+    weights. The global switches are restored afterwards, because tests train inside a pytest process
+    that other components' tests share. (warn_only: an op without a deterministic GPU kernel still runs.)"""
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     torch.manual_seed(seed)
     np.random.seed(seed)
-    # Same seed, same machine -> same weights (the CPU kernels used here are deterministic;
-    # warn_only so a GPU op without a deterministic kernel still runs).
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.benchmark = prev[2]
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """torch.set_num_threads(n) for the duration (None = leave as is); restored afterwards."""
+    prev = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -145,9 +170,21 @@ def train(
     """Train a CNN on splits.train with a fixed schedule (validation only reports), then measure val/test
     accuracy. Under torchrun every rank trains its shard; the returned model is rank 0's (identical on
     all ranks). `progress`: tqdm bars; `verbose`: one summary line per epoch (rank 0 only)."""
+    with deterministic(cfg.seed), intra_op_threads(cfg.threads):
+        return _train(cfg, splits, device, ctx, writer, progress, verbose)
+
+
+def _train(
+    cfg: TrainConfig,
+    splits: Splits,
+    device: torch.device,
+    ctx: DistContext,
+    writer: Any,
+    progress: bool,
+    verbose: bool,
+) -> TrainResult:
     from tqdm import tqdm
 
-    seed_everything(cfg.seed)
     net = CNN(cfg.model).to(device)
     model: nn.Module = net
     if ctx.distributed:

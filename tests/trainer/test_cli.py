@@ -41,7 +41,7 @@ def test_end_to_end_on_mnist_npz(tmp_path):
     repo, runs = tmp_path / "repo", tmp_path / "runs"
     r = run_cli(
         "--data", str(data), "--epochs", "2", "--model-repository", str(repo), "--runs-dir", str(runs),
-        "--no-progress", "--seed", "3",
+        "--no-progress", "--seed", "3", "--threads", "1",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "published cnn version 1" in r.stdout
@@ -50,7 +50,12 @@ def test_end_to_end_on_mnist_npz(tmp_path):
     for tree in ("torchscript", "tensorflow"):
         m = assert_manifest_hashes(repo / tree / "cnn/1")
         assert m["dataset"]["name"] == "mnist" and m["dataset"]["split_sizes"] == {"train": 270, "val": 30, "test": 100}
-        assert m["config"]["seed"] == 3 and m["config"]["epochs"] == 2 and m["parity"]["max_abs_diff"] <= 1e-5
+        assert (
+            m["config"]["seed"] == 3
+            and m["config"]["epochs"] == 2
+            and m["config"]["threads"] == 1
+            and m["parity"]["max_abs_diff"] <= 1e-5
+        )
         with np.load(repo / tree / "cnn/1/golden.npz") as g:
             assert g["images"].shape == (100, 28, 28, 1)  # N = min(256, test size)
     assert_saved_model_contract(repo / "tensorflow/cnn/1")

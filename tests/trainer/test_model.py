@@ -65,6 +65,8 @@ def test_training_is_deterministic_for_a_seed():
         progress=False,
         verbose=False,
     )
+    # The deterministic-kernel switch is restored: other tests share this process.
+    assert not torch.are_deterministic_algorithms_enabled()
     sa, sb, sc = a.model.state_dict(), b.model.state_dict(), c.model.state_dict()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
