@@ -30,34 +30,34 @@ class Settings(BaseSettings):
     )
 
     host: str = "127.0.0.1"  # loopback for the local stack; compose sets 0.0.0.0
-    port: int = Field(8080, ge=1, le=65535)
+    port: int = Field(default=8080, ge=1, le=65535)
     # Shared with the trainer and the compat server, hence no prefix.
     model_repository: Path = Field(
-        Path("./model_repository"),
+        default=Path("./model_repository"),
         validation_alias=AliasChoices("MODEL_REPOSITORY", "model_repository"),
     )
-    model_name: str = Field("cnn", pattern=r"^[A-Za-z0-9_.-]+$")
+    model_name: str = Field(default="cnn", pattern=r"^[A-Za-z0-9_.-]+$")
     # TF Serving's ServableVersionPolicy in env form: latest, latest:N, all, specific:1,2
     version_policy: str = "latest"
     # How often the version folder is polled (TF Serving's file_system_poll_wait_seconds); 0 = load once.
-    poll_interval_s: float = Field(2.0, ge=0)
+    poll_interval_s: float = Field(default=2.0, ge=0)
     enable_batching: bool = True
     # None -> tf_serving/batching.config, the one file both backends read.
     batching_parameters_file: Path | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # torch intra-op threads per call; 0 = the cores divided by the number of batches that run at once.
-    num_threads: int = Field(0, ge=0)
-    num_interop_threads: int = Field(0, ge=0)  # 0 = torch's default
+    num_threads: int = Field(default=0, ge=0)
+    num_interop_threads: int = Field(default=0, ge=0)  # 0 = torch's default
     # Batching off: requests run concurrently on this many threads (0 = one per core) ...
-    inference_threads: int = Field(0, ge=0)
+    inference_threads: int = Field(default=0, ge=0)
     # ... and at most this many wait or run at once; more are refused with 503 (never an unbounded queue).
-    max_in_flight: int = Field(256, ge=1)
+    max_in_flight: int = Field(default=256, ge=1)
     # Largest batch one request may carry (also capped by the batching file's max_batch_size).
-    max_request_instances: int = Field(1024, ge=1)
+    max_request_instances: int = Field(default=1024, ge=1)
     # 32 MiB holds ~1000 images as JSON text; larger bodies are refused with 413 before they are read.
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    request_timeout_s: float = Field(30.0, gt=0)  # waiting for inference beyond this answers 504
-    graceful_shutdown_s: float = Field(30.0, gt=0)  # SIGTERM: time in-flight requests get to finish
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(default=30.0, gt=0)  # waiting for inference beyond this answers 504
+    graceful_shutdown_s: float = Field(default=30.0, gt=0)  # SIGTERM: time in-flight requests get to finish
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = False  # off by default: one log line per request costs real time on the hot path
 

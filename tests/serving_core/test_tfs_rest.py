@@ -115,7 +115,10 @@ def test_non_finite_values_and_batch_limit() -> None:
 
 
 def test_responses_have_tf_serving_shapes_and_round_trip() -> None:
-    outputs = {"probabilities": np.full((2, 10), 0.1, dtype=np.float32), "classes": np.array([3, 4], dtype=np.int64)}
+    outputs: dict[str, np.ndarray] = {
+        "probabilities": np.full((2, 10), 0.1, dtype=np.float32),
+        "classes": np.array([3, 4], dtype=np.int64),
+    }
     row = orjson.loads(predict_response("row", outputs))
     assert list(row) == ["predictions"] and row["predictions"][1]["classes"] == 4
     assert len(row["predictions"][0]["probabilities"]) == 10
