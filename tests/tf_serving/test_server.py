@@ -271,3 +271,19 @@ def test_metrics_path_absent_when_monitoring_is_off(repo: Path, tmp_path: Path) 
     with TestClient(create_app(reg.settings, reg)) as c:
         r = c.get("/monitoring/prometheus/metrics")
         assert r.status_code == 404 and "error" in r.json()
+
+
+async def test_rest_deadline_is_504(repo: Path, golden: dict[str, np.ndarray]) -> None:
+    reg = _registry(repo, _slow_batching())  # a lone small request waits 3 s for its batch
+    await asyncio.to_thread(reg.start)
+    app = create_app(reg.settings.model_copy(update={"rest_api_timeout_in_ms": 200}), reg)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://compat") as c:
+            r = await c.post("/v1/models/cnn:predict", json={"instances": _images(golden, 1)})
+            assert r.status_code == 504 and "timed out" in r.json()["error"]
+            # The timed-out instance still holds its queue slot (as in TF Serving); 3 more fill the
+            # batch, which then runs at once, so the server still answers within the deadline.
+            r = await c.post("/v1/models/cnn:predict", json={"instances": _images(golden, 3)})
+            assert r.status_code == 200
+    finally:
+        reg.stop()

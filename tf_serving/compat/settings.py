@@ -24,30 +24,31 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TF_SERVING_", extra="ignore")
 
     host: str = "127.0.0.1"  # 0.0.0.0 in containers (set by env)
-    rest_port: int = Field(8501, ge=1, le=65535)
-    grpc_port: int = Field(8500, ge=0, le=65535)  # 0 = no gRPC server
+    rest_port: int = Field(default=8501, ge=1, le=65535)
+    grpc_port: int = Field(default=8500, ge=0, le=65535)  # 0 = no gRPC server
     # The files tensorflow_model_server reads (defaults: this package's copies).
     model_config_file: Path = MODELS_CONFIG
     batching_parameters_file: Path = BATCHING_CONFIG
     monitoring_config_file: Path = MONITORING_CONFIG
     # The container path /models in models.config is replaced by this folder.
     model_repository: Path = Field(
-        Path("./model_repository"), validation_alias=AliasChoices("MODEL_REPOSITORY", "TF_SERVING_MODEL_REPOSITORY")
+        default=Path("./model_repository"),
+        validation_alias=AliasChoices("MODEL_REPOSITORY", "TF_SERVING_MODEL_REPOSITORY"),
     )
     enable_batching: bool = True
     enable_model_warmup: bool = True
     verify_manifest: bool = True  # check manifest.json sha256 table before a version goes live
     # Like --file_system_poll_wait_seconds: how often new versions are looked for (0 = load once).
-    file_system_poll_wait_seconds: float = Field(2.0, ge=0)
-    rest_api_timeout_in_ms: int = Field(30000, ge=1)
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # larger REST bodies get 413
-    grpc_max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    file_system_poll_wait_seconds: float = Field(default=2.0, ge=0)
+    rest_api_timeout_in_ms: int = Field(default=30000, ge=1)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)  # larger REST bodies get 413
+    grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # TF thread pools (0 = TF picks; like --tensorflow_intra_op_parallelism / inter_op).
-    intra_op_threads: int = Field(0, ge=0)
-    inter_op_threads: int = Field(0, ge=0)
+    intra_op_threads: int = Field(default=0, ge=0)
+    inter_op_threads: int = Field(default=0, ge=0)
     # With batching off: requests run concurrently on this many threads, at most max_in_flight admitted.
-    num_threads: int = Field(4, ge=1)
-    max_in_flight: int = Field(256, ge=1)
+    num_threads: int = Field(default=4, ge=1)
+    max_in_flight: int = Field(default=256, ge=1)
     log_level: str = "INFO"
 
     @model_validator(mode="after")
