@@ -99,17 +99,25 @@ class LoadTestManager:
             raise ApiError(422, f"invalid scenario: {where}: {first['msg']}") from None
         lim = self.limits
         if sc.planned_seconds() > lim.max_duration_s:
-            raise ApiError(400, f"scenario runs {sc.planned_seconds():.0f} s of load; the limit is "
-                                f"{lim.max_duration_s:.0f} s (GATEWAY_LOADTEST_MAX_DURATION_S)")
+            raise ApiError(
+                400,
+                f"scenario runs {sc.planned_seconds():.0f} s of load; the limit is "
+                f"{lim.max_duration_s:.0f} s (GATEWAY_LOADTEST_MAX_DURATION_S)",
+            )
         if sc.max_rate() > lim.max_rate:
-            raise ApiError(400, f"rate {sc.max_rate():g}/s exceeds the limit {lim.max_rate:g}/s "
-                                "(GATEWAY_LOADTEST_MAX_RATE)")
+            raise ApiError(
+                400, f"rate {sc.max_rate():g}/s exceeds the limit {lim.max_rate:g}/s (GATEWAY_LOADTEST_MAX_RATE)"
+            )
         if sc.max_concurrency() > lim.max_concurrency:
-            raise ApiError(400, f"concurrency/connections {sc.max_concurrency()} exceed the limit "
-                                f"{lim.max_concurrency} (GATEWAY_LOADTEST_MAX_CONCURRENCY)")
+            raise ApiError(
+                400,
+                f"concurrency/connections {sc.max_concurrency()} exceed the limit "
+                f"{lim.max_concurrency} (GATEWAY_LOADTEST_MAX_CONCURRENCY)",
+            )
         if sc.workers > lim.max_workers:
-            raise ApiError(400, f"{sc.workers} workers exceed the limit {lim.max_workers} "
-                                "(GATEWAY_LOADTEST_MAX_WORKERS)")
+            raise ApiError(
+                400, f"{sc.workers} workers exceed the limit {lim.max_workers} (GATEWAY_LOADTEST_MAX_WORKERS)"
+            )
         try:
             Runner(sc, self.endpoints)  # resolves every target against the configuration
         except TargetError as exc:
@@ -161,9 +169,16 @@ class LoadTestManager:
             self._write_status(run)
 
     def _status_of(self, run: _Run) -> dict[str, Any]:
-        return {"id": run.id, "name": run.scenario.name, "state": run.state, "created_at": run.created_at,
-                "error": run.error, "progress": run.progress.as_dict(),
-                "planned_seconds": run.scenario.planned_seconds(), "scenario": run.scenario.model_dump(mode="json")}
+        return {
+            "id": run.id,
+            "name": run.scenario.name,
+            "state": run.state,
+            "created_at": run.created_at,
+            "error": run.error,
+            "progress": run.progress.as_dict(),
+            "planned_seconds": run.scenario.planned_seconds(),
+            "scenario": run.scenario.model_dump(mode="json"),
+        }
 
     def _write_status(self, run: _Run) -> None:
         status = self._status_of(run)
@@ -193,10 +208,14 @@ class LoadTestManager:
         if status["state"] == "done" and report.is_file():
             result = orjson.loads(report.read_bytes())
             status["results"] = {
-                "valid": result["valid"], "invalid_reasons": result["invalid_reasons"],
-                "failed_requests": result["failed_requests"], "requests": result["requests"],
-                "verdict": result["verdict"], "summary": summary_rows(result),
-                "threshold_failures": result.get("threshold_failures", []), "passed": result.get("passed"),
+                "valid": result["valid"],
+                "invalid_reasons": result["invalid_reasons"],
+                "failed_requests": result["failed_requests"],
+                "requests": result["requests"],
+                "verdict": result["verdict"],
+                "summary": summary_rows(result),
+                "threshold_failures": result.get("threshold_failures", []),
+                "passed": result.get("passed"),
                 "slo": {k: {kk: vv for kk, vv in v.items() if kk != "steps"} for k, v in result["slo"].items()},
             }
             status["report_url"] = f"/v1/loadtests/{run_id}/report"

@@ -28,9 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m gateway.loadtest",
         description="Latency load tests comparing torch_service and TF Serving (closed/open loop, sweeps, "
-                    "SLO search). With no arguments: the default comparison against the local stack.")
-    p.add_argument("--scenario", default="default",
-                   help=f"built-in scenario name or a YAML/JSON file (built-in: {', '.join(builtin_names())})")
+        "SLO search). With no arguments: the default comparison against the local stack.",
+    )
+    p.add_argument(
+        "--scenario",
+        default="default",
+        help=f"built-in scenario name or a YAML/JSON file (built-in: {', '.join(builtin_names())})",
+    )
     p.add_argument("--list-scenarios", action="store_true", help="print the built-in scenarios and exit")
     p.add_argument("--report-dir", default="reports", help="reports go to <dir>/<timestamp>-<name>/")
     p.add_argument("--name", help="run name (folder suffix)")
@@ -58,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sweep-rates", help="comma-separated rates (mode sweep, open loop)")
     g.add_argument("--slo-p99-ms", type=float, help="search the highest rate with p99 under this (mode slo_search)")
     g.add_argument("--slo-rates", help="LOW,HIGH rate range for the SLO search")
+    g.add_argument("--slo-iterations", type=int, help="binary-search steps of the SLO search")
     g.add_argument("--resources", choices=["auto", "psutil", "docker", "none"])
     t = p.add_argument_group("gates (exit code 1 when they fail)")
     t.add_argument("--fail-p99-ms", type=float, help="fail when any target's p99 exceeds this")
@@ -70,16 +75,31 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     src = args.scenario
     data: dict[str, Any] = load_file(src) if Path(src).is_file() else load_builtin(src)
     load = dict(data.get("load") or {})
-    for arg, key in (("loop", "loop"), ("concurrency", "concurrency"), ("rate", "rate"), ("arrival", "arrival"),
-                     ("connections", "connections"), ("batch_size", "batch_size"), ("timeout", "timeout_s")):
+    for arg, key in (
+        ("loop", "loop"),
+        ("concurrency", "concurrency"),
+        ("rate", "rate"),
+        ("arrival", "arrival"),
+        ("connections", "connections"),
+        ("batch_size", "batch_size"),
+        ("timeout", "timeout_s"),
+    ):
         if getattr(args, arg) is not None:
             load[key] = getattr(args, arg)
     if args.rate is not None and args.loop is None:
         load["loop"] = "open"
     data["load"] = load
-    for arg, key in (("name", "name"), ("baseline", "baseline"), ("duration", "duration_s"),
-                     ("requests", "requests"), ("rounds", "rounds"), ("warmup", "warmup_s"),
-                     ("workers", "workers"), ("seed", "seed"), ("resources", "resources")):
+    for arg, key in (
+        ("name", "name"),
+        ("baseline", "baseline"),
+        ("duration", "duration_s"),
+        ("requests", "requests"),
+        ("rounds", "rounds"),
+        ("warmup", "warmup_s"),
+        ("workers", "workers"),
+        ("seed", "seed"),
+        ("resources", "resources"),
+    ):
         if getattr(args, arg) is not None:
             data[key] = getattr(args, arg)
     if args.targets:
@@ -97,8 +117,11 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
                 data["baseline"] = None
     if args.sweep_concurrency or args.sweep_rates:
         data["mode"] = "sweep"
-        data["sweep"] = ({"concurrency": [int(x) for x in args.sweep_concurrency.split(",")]}
-                         if args.sweep_concurrency else {"rates": [float(x) for x in args.sweep_rates.split(",")]})
+        data["sweep"] = (
+            {"concurrency": [int(x) for x in args.sweep_concurrency.split(",")]}
+            if args.sweep_concurrency
+            else {"rates": [float(x) for x in args.sweep_rates.split(",")]}
+        )
     if args.slo_p99_ms is not None:
         data["mode"] = "slo_search"
         slo = dict(data.get("slo") or {})
@@ -107,6 +130,12 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
             lo, hi = (float(x) for x in args.slo_rates.split(","))
             slo["rate_low"], slo["rate_high"] = lo, hi
         data["slo"] = slo
+    if data.get("mode") == "slo_search" and data.get("slo"):
+        # In an SLO search each binary-search step is the measured unit: --duration sizes those steps.
+        if args.duration is not None:
+            data["slo"]["step_duration_s"] = args.duration
+        if args.slo_iterations is not None:
+            data["slo"]["iterations"] = args.slo_iterations
     th = dict(data.get("thresholds") or {})
     if args.fail_p99_ms is not None:
         th["p99_ms"] = args.fail_p99_ms
@@ -119,11 +148,13 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 def endpoints_from_args(args: argparse.Namespace) -> Endpoints:
     ep = Endpoints.from_env(args.via_gateway)
     if args.torch_url:
-        ep = Endpoints(tuple(u.rstrip("/") for u in args.torch_url.split(",")), ep.tf_rest_urls, ep.tf_grpc_targets,
-                       ep.gateway_url)
+        ep = Endpoints(
+            tuple(u.rstrip("/") for u in args.torch_url.split(",")), ep.tf_rest_urls, ep.tf_grpc_targets, ep.gateway_url
+        )
     if args.tf_rest_url:
-        ep = Endpoints(ep.torch_urls, tuple(u.rstrip("/") for u in args.tf_rest_url.split(",")), ep.tf_grpc_targets,
-                       ep.gateway_url)
+        ep = Endpoints(
+            ep.torch_urls, tuple(u.rstrip("/") for u in args.tf_rest_url.split(",")), ep.tf_grpc_targets, ep.gateway_url
+        )
     if args.tf_grpc_target:
         ep = Endpoints(ep.torch_urls, ep.tf_rest_urls, tuple(args.tf_grpc_target.split(",")), ep.gateway_url)
     return ep
@@ -174,10 +205,14 @@ class _ProgressLine:
             if last:
                 p50 = "n/a" if last["p50_ms"] is None else f"{last['p50_ms']:.2f}"
                 p99 = "n/a" if last["p99_ms"] is None else f"{last['p99_ms']:.2f}"
-                tail = (f" | last {last['phase']} {last['target']}: {last['throughput_rps']} req/s "
-                        f"p50 {p50} p99 {p99} ms failed {last['failed']}")
-            line = (f"[{d['steps_done']}/{d['steps_total']}] {d['current']} "
-                    f"{d['step_elapsed_s']:.0f}/{d['step_duration_s']:.0f}s{tail}")
+                tail = (
+                    f" | last {last['phase']} {last['target']}: {last['throughput_rps']} req/s "
+                    f"p50 {p50} p99 {p99} ms failed {last['failed']}"
+                )
+            line = (
+                f"[{d['steps_done']}/{d['steps_total']}] {d['current']} "
+                f"{d['step_elapsed_s']:.0f}/{d['step_duration_s']:.0f}s{tail}"
+            )
             if self.tty:
                 sys.stderr.write("\r" + line[:160].ljust(160))
                 sys.stderr.flush()
@@ -202,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError, TargetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"scenario {scenario.name}: {scenario.mode}, targets {', '.join(scenario.targets)}, "
-          f"about {scenario.planned_seconds():.0f} s of load", file=sys.stderr)
+    print(
+        f"scenario {scenario.name}: {scenario.mode}, targets {', '.join(scenario.targets)}, "
+        f"about {scenario.planned_seconds():.0f} s of load",
+        file=sys.stderr,
+    )
     t0 = time.time()
     try:
         with _ProgressLine(progress, not args.no_progress):

@@ -77,7 +77,9 @@ def _digits_fallback(repo: Path) -> ImageSet:
         pil = Image.fromarray((img / 16.0 * 255).astype(np.uint8)).resize((28, 28), Image.BILINEAR)
         imgs.append(np.asarray(pil, dtype=np.float32)[..., None] / 255.0)
     return ImageSet(
-        np.stack(imgs), digits.target[:512].astype(np.int64), None,
+        np.stack(imgs),
+        digits.target[:512].astype(np.int64),
+        None,
         f"sklearn digits (no golden.npz under {repo})",
     )
 
@@ -103,7 +105,11 @@ class BodySet:
 
 
 def build_bodies(
-    images: ImageSet, batch_size: int, seed: int, pool_size: int = 256, grpc: bool = False,
+    images: ImageSet,
+    batch_size: int,
+    seed: int,
+    pool_size: int = 256,
+    grpc: bool = False,
 ) -> BodySet:
     rng = np.random.default_rng(seed)
     n = len(images.images)

@@ -75,8 +75,16 @@ class _Recorder:
         self.aborted: str | None = None
         self.last_done = start
 
-    def record(self, body_idx: int, bodies: BodySet, when: float, sent: float, done: float,
-               classes: list[int] | None, error: RequestFailed | None) -> None:
+    def record(
+        self,
+        body_idx: int,
+        bodies: BodySet,
+        when: float,
+        sent: float,
+        done: float,
+        classes: list[int] | None,
+        error: RequestFailed | None,
+    ) -> None:
         self.last_done = max(self.last_done, done)
         block = int(max(when - self.start, 0.0) / self.spec.block_s)
         if error is not None:
@@ -111,17 +119,28 @@ class _Recorder:
         return {
             "target": self.spec.target.name,
             "loop": self.spec.loop,
-            "ok": self.ok, "sent": self.sent, "scheduled": self.scheduled,
-            "errors": dict(self.errors), "error_samples": self.error_samples,
+            "ok": self.ok,
+            "sent": self.sent,
+            "scheduled": self.scheduled,
+            "errors": dict(self.errors),
+            "error_samples": self.error_samples,
             "elapsed_s": elapsed,
-            "latency": H.encode(self.latency), "service": H.encode(self.service), "lag": H.encode(self.lag),
+            "latency": H.encode(self.latency),
+            "service": H.encode(self.service),
+            "lag": H.encode(self.lag),
             "blocks": [
-                {"index": i, "hist": H.encode(self.blocks[i]) if i in self.blocks else "",
-                 "errors": self.block_errors.get(i, 0)}
+                {
+                    "index": i,
+                    "hist": H.encode(self.blocks[i]) if i in self.blocks else "",
+                    "errors": self.block_errors.get(i, 0),
+                }
                 for i in range(n_blocks)
             ],
-            "aborted": self.aborted, "images": self.images, "correct": self.correct,
-            "golden_checked": self.golden_checked, "golden_agree": self.golden_agree,
+            "aborted": self.aborted,
+            "images": self.images,
+            "correct": self.correct,
+            "golden_checked": self.golden_checked,
+            "golden_agree": self.golden_agree,
             "predictions": {str(k): v for k, v in self.predictions.items()},
         }
 
@@ -163,8 +182,9 @@ def _http_factory(spec: StepSpec):
     return make
 
 
-async def _closed_loop(spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_client: GrpcClient | None,
-                       cancel: threading.Event | None) -> None:
+async def _closed_loop(
+    spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_client: GrpcClient | None, cancel: threading.Event | None
+) -> None:
     seq = _body_sequence(spec, bodies)
     end = rec.start + spec.duration_s
     per_worker = _share(spec.concurrency, spec.worker_index, spec.worker_count)
@@ -230,8 +250,9 @@ def schedule_offsets(spec: StepSpec) -> np.ndarray:
     return offsets
 
 
-async def _open_loop(spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_client: GrpcClient | None,
-                     cancel: threading.Event | None) -> None:
+async def _open_loop(
+    spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_client: GrpcClient | None, cancel: threading.Event | None
+) -> None:
     seq = _body_sequence(spec, bodies)
     offsets = schedule_offsets(spec)
     rec.scheduled = len(offsets)
@@ -304,6 +325,7 @@ async def _open_loop(spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_clien
 # ---------------------------------------------------------------------------------------------------
 # Merging worker results and judging the generator.
 
+
 def merge_results(parts: list[dict[str, Any]], spec: StepSpec) -> dict[str, Any]:
     """Combine workers' results: histograms added (lossless), counters summed, validity judged."""
     out: dict[str, Any] = {"target": spec.target.name, "loop": spec.loop, "workers": len(parts)}
@@ -358,7 +380,8 @@ def judge(res: dict[str, Any], spec: StepSpec) -> dict[str, Any]:
         if lag_p99 > spec.max_lag_ms:
             reasons.append(
                 f"generator fell behind its schedule: scheduling lag p99 {lag_p99:.1f} ms > {spec.max_lag_ms} ms"
-                " (use more workers or a lower rate)")
+                " (use more workers or a lower rate)"
+            )
         if res["scheduled"] and res["sent"] < spec.min_rate_fraction * res["scheduled"]:
             why = f" ({res['aborted']}, step stopped)" if res.get("aborted") else ""
             reasons.append(f"generator sent {res['sent']} of {res['scheduled']} scheduled requests{why}")
@@ -370,6 +393,7 @@ def judge(res: dict[str, Any], spec: StepSpec) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------
 # Worker processes.
+
 
 def _loop_factory(target: Target):
     # uvloop (installed with uvicorn[standard]) makes the REST client cheaper; grpc.aio keeps asyncio.

@@ -36,8 +36,9 @@ def _field_varint(number: int, value: int) -> bytes:
     return _varint(number << 3) + _varint(value)
 
 
-def encode_predict_request(batch: np.ndarray, model_name: str = "cnn", signature: str = "serving_default",
-                           input_name: str = "images") -> bytes:
+def encode_predict_request(
+    batch: np.ndarray, model_name: str = "cnn", signature: str = "serving_default", input_name: str = "images"
+) -> bytes:
     """Serialized tensorflow.serving.PredictRequest with one float32 tensor in tensor_content."""
     arr = np.ascontiguousarray(batch, dtype=np.float32)
     shape = b"".join(_field(2, _field_varint(1, int(d))) for d in arr.shape)
@@ -69,13 +70,13 @@ def _fields(buf: bytes):
             yield number, wire, value
         elif wire == 2:
             length, pos = _read_varint(buf, pos)
-            yield number, wire, buf[pos:pos + length]
+            yield number, wire, buf[pos : pos + length]
             pos += length
         elif wire == 1:
-            yield number, wire, buf[pos:pos + 8]
+            yield number, wire, buf[pos : pos + 8]
             pos += 8
         elif wire == 5:
-            yield number, wire, buf[pos:pos + 4]
+            yield number, wire, buf[pos : pos + 4]
             pos += 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")

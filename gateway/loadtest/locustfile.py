@@ -46,8 +46,13 @@ class PredictUser(FastHttpUser):
     def predict(self) -> None:
         assert _BODIES is not None
         idx = next(self._sequence)
-        with self.client.post(self.path, data=_BODIES.rest[idx], headers={"Content-Type": "application/json"},
-                              name="predict", catch_response=True) as resp:
+        with self.client.post(
+            self.path,
+            data=_BODIES.rest[idx],
+            headers={"Content-Type": "application/json"},
+            name="predict",
+            catch_response=True,
+        ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:200] if resp.text else ''}")
                 return

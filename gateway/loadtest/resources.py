@@ -98,14 +98,16 @@ def _docker_container(backend: str, container_name: str | None) -> Any | None:
         if container_name:
             return client.containers.get(container_name)
         found = client.containers.list(
-            filters={"label": f"com.docker.compose.service={COMPOSE_SERVICE.get(backend, backend)}"})
+            filters={"label": f"com.docker.compose.service={COMPOSE_SERVICE.get(backend, backend)}"}
+        )
         return found[0] if found else None
     except Exception:  # no engine, no permission, no such container: resource use is then "n/a"
         return None
 
 
-def make_source(mode: str, backend: str, ports: tuple[int, ...], pid: int | None = None,
-                container: str | None = None) -> _Source:
+def make_source(
+    mode: str, backend: str, ports: tuple[int, ...], pid: int | None = None, container: str | None = None
+) -> _Source:
     """mode: auto | psutil | docker | none."""
     if mode == "none":
         return _Source()
@@ -127,7 +129,11 @@ def _gpu_sample() -> tuple[float, float] | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=3, check=True).stdout
+            capture_output=True,
+            text=True,
+            timeout=3,
+            check=True,
+        ).stdout
         rows = [line.split(",") for line in out.strip().splitlines() if line.strip()]
         return sum(float(r[0]) for r in rows) / len(rows), sum(float(r[1]) for r in rows)
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
@@ -177,9 +183,11 @@ class Sampler:
 
         return {
             "source": self.source.name,
-            "cpu_percent_mean": mean(self.cpu), "cpu_percent_max": max(self.cpu, default=None),
+            "cpu_percent_mean": mean(self.cpu),
+            "cpu_percent_max": max(self.cpu, default=None),
             "memory_mb_max": max(self.mem, default=None),
-            "gpu_util_percent_mean": mean(self.gpu_util), "gpu_memory_mb_max": max(self.gpu_mem, default=None),
+            "gpu_util_percent_mean": mean(self.gpu_util),
+            "gpu_memory_mb_max": max(self.gpu_mem, default=None),
             "samples": len(self.cpu),
         }
 
@@ -197,12 +205,22 @@ def machine() -> dict[str, Any]:
     gpus: list[str] = []
     if shutil.which("nvidia-smi"):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=5).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout
             gpus = [g.strip() for g in out.splitlines() if g.strip()]
     return {
-        "hostname": platform.node(), "os": platform.platform(), "python": platform.python_version(),
-        "cpu_model": model, "logical_cores": psutil.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "gpus": gpus,
-        "load_average": list(psutil.getloadavg()), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "hostname": platform.node(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": model,
+        "logical_cores": psutil.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpus": gpus,
+        "load_average": list(psutil.getloadavg()),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -56,22 +56,38 @@ class Progress:
     def as_dict(self) -> dict[str, Any]:
         in_step = time.perf_counter() - self.step_started if self.step_started else 0.0
         return {
-            "phase": self.phase, "steps_done": self.steps_done, "steps_total": self.steps_total,
-            "current": self.current, "step_elapsed_s": round(min(in_step, self.step_duration or in_step), 1),
-            "step_duration_s": self.step_duration, "elapsed_s": round(time.time() - self.started, 1),
+            "phase": self.phase,
+            "steps_done": self.steps_done,
+            "steps_total": self.steps_total,
+            "current": self.current,
+            "step_elapsed_s": round(min(in_step, self.step_duration or in_step), 1),
+            "step_duration_s": self.step_duration,
+            "elapsed_s": round(time.time() - self.started, 1),
             "last_step": self.last_step,
         }
 
 
 def versions() -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for pkg in ("cnn-serving", "torch", "tensorflow", "tensorflow-serving-api", "grpcio", "fastapi", "uvicorn",
-                "httpx", "hdrhistogram", "numpy"):
+    for pkg in (
+        "cnn-serving",
+        "torch",
+        "tensorflow",
+        "tensorflow-serving-api",
+        "grpcio",
+        "fastapi",
+        "uvicorn",
+        "httpx",
+        "hdrhistogram",
+        "numpy",
+    ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                           timeout=5).stdout.strip() or None
+        out["git_commit"] = (
+            subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+            or None
+        )
     return out
 
 
@@ -89,8 +105,14 @@ def served_version(target: Target) -> Any:
 
 
 class Runner:
-    def __init__(self, scenario: Scenario, endpoints: Endpoints, progress: Progress | None = None,
-                 cancel: threading.Event | None = None, images: ImageSet | None = None):
+    def __init__(
+        self,
+        scenario: Scenario,
+        endpoints: Endpoints,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+        images: ImageSet | None = None,
+    ):
         self.sc = scenario
         self.endpoints = endpoints
         self.progress = progress or Progress()
@@ -104,14 +126,26 @@ class Runner:
 
     # -- the parts of a step ------------------------------------------------------------------------
 
-    def _spec(self, target: Target, level: dict[str, Any], duration: float, seed: int,
-              requests: int | None = None) -> StepSpec:
+    def _spec(
+        self, target: Target, level: dict[str, Any], duration: float, seed: int, requests: int | None = None
+    ) -> StepSpec:
         ld = self.sc.load
         return StepSpec(
-            target=target, loop=level["loop"], concurrency=level.get("concurrency", ld.concurrency),
-            rate=level.get("rate", ld.rate), arrival=ld.arrival, connections=ld.connections,
-            duration_s=duration, requests=requests, timeout_s=ld.timeout_s, seed=seed,
-            block_s=self.sc.block_s, max_lag_ms=self.sc.max_lag_ms,
+            target=target,
+            loop=level["loop"],
+            concurrency=level.get("concurrency", ld.concurrency),
+            rate=level.get("rate", ld.rate),
+            arrival=ld.arrival,
+            connections=ld.connections,
+            duration_s=duration,
+            requests=requests,
+            timeout_s=ld.timeout_s,
+            seed=seed,
+            block_s=self.sc.block_s
+            if level["loop"] == "closed" or self.sc.mode != "slo_search"
+            # SLO steps are short and judged by their halves: at least four blocks each.
+            else min(self.sc.block_s, duration / 4),
+            max_lag_ms=self.sc.max_lag_ms,
         )
 
     def _run_spec(self, spec: StepSpec) -> dict[str, Any]:
@@ -120,25 +154,46 @@ class Runner:
             return self.pool.run(spec, self.cancel)
         return run_step_inline(spec, self.bodies)
 
-    def measure(self, target: Target, level: dict[str, Any], duration: float, seed: int, phase: str,
-                round_index: int | None = None, requests: int | None = None) -> dict[str, Any]:
+    def measure(
+        self,
+        target: Target,
+        level: dict[str, Any],
+        duration: float,
+        seed: int,
+        phase: str,
+        round_index: int | None = None,
+        requests: int | None = None,
+    ) -> dict[str, Any]:
         if self.cancel.is_set():
             raise RunCancelled("cancelled")
         spec = self._spec(target, level, duration, seed, requests)
-        label = f"{phase} {target.name} " + (f"c={level['concurrency']}" if level["loop"] == "closed"
-                                             else f"rate={level['rate']:g}/s")
+        label = f"{phase} {target.name} " + (
+            f"c={level['concurrency']}" if level["loop"] == "closed" else f"rate={level['rate']:g}/s"
+        )
         if round_index is not None:
             label += f" round {round_index + 1}"
         self.progress.update(current=label, step_started=time.perf_counter(), step_duration=duration, phase=phase)
-        source = resources.make_source(self.sc.resources, target.backend, target.ports,
-                                       self.sc.pids.get(target.backend), self.sc.containers.get(target.backend))
+        source = resources.make_source(
+            self.sc.resources,
+            target.backend,
+            target.ports,
+            self.sc.pids.get(target.backend),
+            self.sc.containers.get(target.backend),
+        )
         before = server_metrics.scrape_all(target.metrics_urls, target.metrics_kind, target.metrics_entrypoint)
         t_start = time.perf_counter() - self.t0
         with resources.Sampler(source) as sampler:
             res = self._run_spec(spec)
         after = server_metrics.scrape_all(target.metrics_urls, target.metrics_kind, target.metrics_entrypoint)
-        res.update(phase=phase, level=level, round=round_index, t_start=t_start, seed=seed,
-                   server=server_metrics.delta_mean_ms(before, after), resources=sampler.summary())
+        res.update(
+            phase=phase,
+            level=level,
+            round=round_index,
+            t_start=t_start,
+            seed=seed,
+            server=server_metrics.delta_mean_ms(before, after),
+            resources=sampler.summary(),
+        )
         if phase != "warmup":
             self.steps.append(res)
             self.progress.update(steps_done=self.progress.steps_done + 1)
@@ -203,8 +258,9 @@ class Runner:
                 # lands on both backends alike. Same seed per round -> same requests for every target.
                 for idx in rng.permutation(len(sc.targets)):
                     name = sc.targets[int(idx)]
-                    self.measure(self.targets[name], level, sc.duration_s, sc.seed + r, "measure", r,
-                                 requests=sc.requests)
+                    self.measure(
+                        self.targets[name], level, sc.duration_s, sc.seed + r, "measure", r, requests=sc.requests
+                    )
 
     def _slo_search(self, target: Target) -> dict[str, Any]:
         sc = self.sc
@@ -221,8 +277,7 @@ class Runner:
             rate = float(np.sqrt(lo * hi)) if it else lo
             verdict = None
             for attempt in range(slo.retries + 1):
-                res = self.measure(target, {"loop": "open", "rate": rate}, slo.step_duration_s,
-                                   sc.seed + it, "slo", it)
+                res = self.measure(target, {"loop": "open", "rate": rate}, slo.step_duration_s, sc.seed + it, "slo", it)
                 verdict = _slo_verdict(res, slo.p99_ms, slo.max_error_rate, sc.block_s)
                 history.append({"rate": rate, "attempt": attempt, **verdict})
                 if verdict["stable"] or not verdict["generator_ok"]:
@@ -241,8 +296,12 @@ class Runner:
                 if it == 0:
                     break  # even the lowest rate misses the SLO
                 hi = rate
-        return {"slo_p99_ms": slo.p99_ms, "max_rate": best, "steps": history,
-                "limited_by_generator_at": limited_by_generator}
+        return {
+            "slo_p99_ms": slo.p99_ms,
+            "max_rate": best,
+            "steps": history,
+            "limited_by_generator_at": limited_by_generator,
+        }
 
     # -- statistics ---------------------------------------------------------------------------------
 
@@ -251,41 +310,63 @@ class Runner:
         assert self.images is not None
         groups = []
         for li, level in enumerate(sc.levels() if sc.mode != "slo_search" else []):
-            steps_by_target = {n: [s for s in self.steps if s["target"] == n and s["level"] == level]
-                               for n in sc.targets}
+            steps_by_target = {
+                n: [s for s in self.steps if s["target"] == n and s["level"] == level] for n in sc.targets
+            }
             groups.append(self._group(level, steps_by_target, seed=sc.seed + li))
-        invalid = [f"{s['target']} {s['phase']} round {s['round']}: {reason}"
-                   for s in self.steps for reason in s.get("invalid_reasons", [])]
+        invalid = [
+            f"{s['target']} {s['phase']} round {s['round']}: {reason}"
+            for s in self.steps
+            for reason in s.get("invalid_reasons", [])
+        ]
         failed = sum(s["failed"] for s in self.steps)
         total = sum(s["failed"] + s["ok"] for s in self.steps)
         out = {
-            "schema": 1, "name": sc.name, "scenario": sc.model_dump(mode="json"),
+            "schema": 1,
+            "name": sc.name,
+            "scenario": sc.model_dump(mode="json"),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "duration_s": round(time.time() - started, 1),
-            "versions": versions(), "machine": resources.machine(),
+            "versions": versions(),
+            "machine": resources.machine(),
             "model": {"repository_version": self.images.model_version, "served": served},
             "data": describe(self.images),
-            "targets": {n: {"protocol": t.protocol, "addresses": list(t.addresses), "backend": t.backend}
-                        for n, t in self.targets.items()},
-            "groups": groups, "slo": slo_results,
+            "targets": {
+                n: {"protocol": t.protocol, "addresses": list(t.addresses), "backend": t.backend}
+                for n, t in self.targets.items()
+            },
+            "groups": groups,
+            "slo": slo_results,
             "steps": [_strip(s) for s in self.steps],
-            "requests": total, "failed_requests": failed,
-            "valid": not invalid, "invalid_reasons": invalid,
+            "requests": total,
+            "failed_requests": failed,
+            "valid": not invalid,
+            "invalid_reasons": invalid,
         }
-        out["verdict"] = [c["metrics"][m]["text"] for g in groups for c in g["comparisons"]
-                          for m in ("p50", "p99", "throughput") if m in c["metrics"]]
+        out["verdict"] = [
+            c["metrics"][m]["text"]
+            for g in groups
+            for c in g["comparisons"]
+            for m in ("p50", "p99", "throughput")
+            if m in c["metrics"]
+        ]
         for name, r in slo_results.items():
             rate = r["max_rate"]
             out["verdict"].append(
                 f"{name}: highest rate with p99 <= {r['slo_p99_ms']:g} ms is "
                 + (f"{rate:.0f}/s" if rate else "below the lowest rate tried")
-                + (f" (generator limit reached at {r['limited_by_generator_at']:.0f}/s)"
-                   if r["limited_by_generator_at"] else ""))
+                + (
+                    f" (generator limit reached at {r['limited_by_generator_at']:.0f}/s)"
+                    if r["limited_by_generator_at"]
+                    else ""
+                )
+            )
         return out
 
-    def _group(self, level: dict[str, Any], steps_by_target: dict[str, list[dict[str, Any]]],
-               seed: int) -> dict[str, Any]:
+    def _group(
+        self, level: dict[str, Any], steps_by_target: dict[str, list[dict[str, Any]]], seed: int
+    ) -> dict[str, Any]:
         sc = self.sc
         per: dict[str, Any] = {}
         boots: dict[str, dict[str, np.ndarray]] = {}
@@ -298,8 +379,9 @@ class Runner:
             ok = sum(s["ok"] for s in steps)
             failed = sum(s["failed"] for s in steps)
             elapsed = sum(s["elapsed_s"] for s in steps)
-            span = sum(sc.duration_s if not sc.requests and s["elapsed_s"] >= sc.duration_s else s["elapsed_s"]
-                       for s in steps)
+            span = sum(
+                sc.duration_s if not sc.requests and s["elapsed_s"] >= sc.duration_s else s["elapsed_s"] for s in steps
+            )
             errors: dict[str, int] = {}
             for s in steps:
                 for k, v in s["errors"].items():
@@ -307,22 +389,36 @@ class Runner:
             images = sum(s["images"] for s in steps)
             gchk = sum(s["golden_checked"] for s in steps)
             server = [s["server"] for s in steps if s.get("server")]
-            srv_mean = (sum(x["mean_ms"] * x["requests"] for x in server) / sum(x["requests"] for x in server)
-                        if server else None)
+            srv_mean = (
+                sum(x["mean_ms"] * x["requests"] for x in server) / sum(x["requests"] for x in server)
+                if server
+                else None
+            )
             summ = H.summary_ms(lat)
-            res_cpu = [s["resources"]["cpu_percent_mean"] for s in steps
-                       if s["resources"].get("cpu_percent_mean") is not None]
-            res_mem = [s["resources"]["memory_mb_max"] for s in steps
-                       if s["resources"].get("memory_mb_max") is not None]
-            gpu = [s["resources"]["gpu_util_percent_mean"] for s in steps
-                   if s["resources"].get("gpu_util_percent_mean") is not None]
+            res_cpu = [
+                s["resources"]["cpu_percent_mean"] for s in steps if s["resources"].get("cpu_percent_mean") is not None
+            ]
+            res_mem = [
+                s["resources"]["memory_mb_max"] for s in steps if s["resources"].get("memory_mb_max") is not None
+            ]
+            gpu = [
+                s["resources"]["gpu_util_percent_mean"]
+                for s in steps
+                if s["resources"].get("gpu_util_percent_mean") is not None
+            ]
             per[name] = {
-                "requests": ok + failed, "ok": ok, "failed": failed, "errors": errors,
+                "requests": ok + failed,
+                "ok": ok,
+                "failed": failed,
+                "errors": errors,
                 "error_rate": failed / (ok + failed) if ok + failed else 0.0,
-                "throughput_rps": ok / span if span else 0.0, "elapsed_s": elapsed,
-                "latency_ms": summ, "service_ms": H.summary_ms(svc),
+                "throughput_rps": ok / span if span else 0.0,
+                "elapsed_s": elapsed,
+                "latency_ms": summ,
+                "service_ms": H.summary_ms(svc),
                 "ci95": stats.confidence_intervals(boot) if boot else {},
-                "blocks": len(blocks.hists), "rounds": len(steps),
+                "blocks": len(blocks.hists),
+                "rounds": len(steps),
                 "accuracy": sum(s["correct"] for s in steps) / images if images else None,
                 "golden_agreement": sum(s["golden_agree"] for s in steps) / gchk if gchk else None,
                 "server_mean_ms": srv_mean,
@@ -333,7 +429,8 @@ class Runner:
                     "memory_mb_max": max(res_mem) if res_mem else None,
                     "gpu_util_percent_mean": sum(gpu) / len(gpu) if gpu else None,
                 },
-                "histogram": H.encode(lat), "service_histogram": H.encode(svc),
+                "histogram": H.encode(lat),
+                "service_histogram": H.encode(svc),
                 "valid": all(s["valid"] for s in steps),
             }
         base = sc.baseline_target
@@ -341,19 +438,27 @@ class Runner:
         for name in sc.targets:
             if name == base or not boots.get(name) or not boots.get(base):
                 continue
-            pb = {**{k: per[base]["latency_ms"][k] for k in stats.METRICS if k in per[base]["latency_ms"]},
-                  "throughput": per[base]["throughput_rps"]}
-            po = {**{k: per[name]["latency_ms"][k] for k in stats.METRICS if k in per[name]["latency_ms"]},
-                  "throughput": per[name]["throughput_rps"]}
-            comparisons.append({"base": base, "other": name,
-                                "metrics": stats.compare(boots[base], boots[name], base, name, pb, po)})
+            pb = {
+                **{k: per[base]["latency_ms"][k] for k in stats.METRICS if k in per[base]["latency_ms"]},
+                "throughput": per[base]["throughput_rps"],
+            }
+            po = {
+                **{k: per[name]["latency_ms"][k] for k in stats.METRICS if k in per[name]["latency_ms"]},
+                "throughput": per[name]["throughput_rps"],
+            }
+            comparisons.append(
+                {"base": base, "other": name, "metrics": stats.compare(boots[base], boots[name], base, name, pb, po)}
+            )
         preds = {n: {} for n in sc.targets}
         for n, steps in steps_by_target.items():
             for s in steps:
                 for k, v in s.get("predictions", {}).items():
                     preds[n].setdefault(k, v)
-        agreement = {f"{a} vs {b}": stats.agreement(preds[a], preds[b])
-                     for i, a in enumerate(sc.targets) for b in sc.targets[i + 1:]}
+        agreement = {
+            f"{a} vs {b}": stats.agreement(preds[a], preds[b])
+            for i, a in enumerate(sc.targets)
+            for b in sc.targets[i + 1 :]
+        }
         return {"level": level, "targets": per, "comparisons": comparisons, "agreement": agreement}
 
 
@@ -361,16 +466,24 @@ def _slo_verdict(res: dict[str, Any], p99_ms: float, max_error_rate: float, bloc
     lat = res["latency_ms"]
     total = res["ok"] + res["failed"]
     err = res["failed"] / total if total else 1.0
-    kept_rate = res["throughput_rps"] >= 0.9 * res.get("offered_rps", 0)
-    passed = lat["p99"] is not None and lat["p99"] <= p99_ms and err <= max_error_rate and kept_rate
+    # Open loop: every scheduled request is answered or counted as an error (timeouts included), so a
+    # server that cannot keep the rate shows as growing latency and errors, both judged here.
+    passed = lat["p99"] is not None and lat["p99"] <= p99_ms and err <= max_error_rate
     blocks = [b for b in res["blocks"] if b["hist"]]
     half = len(blocks) // 2
     halves = [H.merge(b["hist"] for b in part) for part in (blocks[:half], blocks[half:])]
     p99s = [h.get_value_at_percentile(99.0) / 1000.0 if h.get_total_count() else None for h in halves]
     stable = all(p is not None for p in p99s) and len({(p is not None and p <= p99_ms) for p in p99s}) == 1
-    return {"p99_ms": lat["p99"], "p99_halves_ms": p99s, "error_rate": err, "throughput_rps": res["throughput_rps"],
-            "passed": bool(passed), "stable": bool(stable), "generator_ok": bool(res["valid"]),
-            "invalid_reasons": res.get("invalid_reasons", [])}
+    return {
+        "p99_ms": lat["p99"],
+        "p99_halves_ms": p99s,
+        "error_rate": err,
+        "throughput_rps": res["throughput_rps"],
+        "passed": bool(passed),
+        "stable": bool(stable),
+        "generator_ok": bool(res["valid"]),
+        "invalid_reasons": res.get("invalid_reasons", []),
+    }
 
 
 def _strip(step: dict[str, Any]) -> dict[str, Any]:
@@ -380,5 +493,12 @@ def _strip(step: dict[str, Any]) -> dict[str, Any]:
 
 def _brief(res: dict[str, Any]) -> dict[str, Any]:
     lat = res["latency_ms"]
-    return {"target": res["target"], "phase": res.get("phase"), "throughput_rps": round(res["throughput_rps"], 1),
-            "p50_ms": lat["p50"], "p99_ms": lat["p99"], "failed": res["failed"], "valid": res["valid"]}
+    return {
+        "target": res["target"],
+        "phase": res.get("phase"),
+        "throughput_rps": round(res["throughput_rps"], 1),
+        "p50_ms": lat["p50"],
+        "p99_ms": lat["p99"],
+        "failed": res["failed"],
+        "valid": res["valid"],
+    }

@@ -137,8 +137,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.name.rsplit(".", 1)[0] for p in resources.files("gateway.loadtest.scenarios").iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.rsplit(".", 1)[0]
+        for p in resources.files("gateway.loadtest.scenarios").iterdir()
+        if p.name.endswith(".yaml")
+    )
 
 
 def load_builtin(name: str) -> dict[str, Any]:

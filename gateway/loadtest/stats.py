@@ -64,8 +64,14 @@ def confidence_intervals(samples: dict[str, np.ndarray], level: float = 0.95) ->
     return {m: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for m, v in samples.items()}
 
 
-def compare(base: dict[str, np.ndarray], other: dict[str, np.ndarray], base_name: str, other_name: str,
-            point_base: dict[str, float], point_other: dict[str, float]) -> dict[str, Any]:
+def compare(
+    base: dict[str, np.ndarray],
+    other: dict[str, np.ndarray],
+    base_name: str,
+    other_name: str,
+    point_base: dict[str, float],
+    point_other: dict[str, float],
+) -> dict[str, Any]:
     """Relative difference other/base - 1 per metric with a 95% CI and a sentence saying what it means.
 
     The two sides were resampled independently (their rounds are different time blocks), so the ratio
@@ -80,22 +86,29 @@ def compare(base: dict[str, np.ndarray], other: dict[str, np.ndarray], base_name
         pb, po = point_base.get(m), point_other.get(m)
         est = (po / pb - 1.0) if pb and po is not None else float(np.median(ratio))
         significant = lo > 0 or hi < 0
-        out[m] = {"relative": est, "ci": [lo, hi], "significant": significant,
-                  "text": _sentence(m, est, lo, hi, significant, base_name, other_name)}
+        out[m] = {
+            "relative": est,
+            "ci": [lo, hi],
+            "significant": significant,
+            "text": _sentence(m, est, lo, hi, significant, base_name, other_name),
+        }
     return out
 
 
 def _sentence(metric: str, est: float, lo: float, hi: float, significant: bool, base: str, other: str) -> str:
     label = "throughput" if metric == "throughput" else metric.replace("_", ".")
     if not significant:
-        return (f"{label}: no significant difference between {other} and {base} "
-                f"({est:+.0%}, 95% CI {lo:+.0%} to {hi:+.0%})")
+        return (
+            f"{label}: no significant difference between {other} and {base} ({est:+.0%}, 95% CI {lo:+.0%} to {hi:+.0%})"
+        )
     higher = est > 0
     word = "higher" if higher else "lower"
     a, b = (lo, hi) if higher else (-hi, -lo)
     better = (not higher) if metric != "throughput" else higher
-    return (f"{other} {label} is {abs(est):.0%} {word} than {base} (95% CI {a:.0%} to {b:.0%})"
-            f" — {other if better else base} is better")
+    return (
+        f"{other} {label} is {abs(est):.0%} {word} than {base} (95% CI {a:.0%} to {b:.0%})"
+        f" — {other if better else base} is better"
+    )
 
 
 def agreement(preds_a: dict[str, list[int]], preds_b: dict[str, list[int]]) -> dict[str, Any]:

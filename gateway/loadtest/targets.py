@@ -70,25 +70,58 @@ def resolve(name: str, ep: Endpoints) -> Target:
     torch_ports = tuple(_port(u) for u in ep.torch_urls)
     tf_ports = tuple(_port(u) for u in ep.tf_rest_urls)
     if name == "torch":
-        return Target(name, "rest", ep.torch_urls, backend="torch", metrics_urls=torch_metrics,
-                      metrics_kind="torch", status_url=f"{ep.torch_urls[0]}/v1/models/cnn", ports=torch_ports)
+        return Target(
+            name,
+            "rest",
+            ep.torch_urls,
+            backend="torch",
+            metrics_urls=torch_metrics,
+            metrics_kind="torch",
+            status_url=f"{ep.torch_urls[0]}/v1/models/cnn",
+            ports=torch_ports,
+        )
     if name == "tf":
-        return Target(name, "rest", ep.tf_rest_urls, backend="tf", metrics_urls=tf_metrics, metrics_kind="tf",
-                      metrics_entrypoint="REST", status_url=f"{ep.tf_rest_urls[0]}/v1/models/cnn", ports=tf_ports)
+        return Target(
+            name,
+            "rest",
+            ep.tf_rest_urls,
+            backend="tf",
+            metrics_urls=tf_metrics,
+            metrics_kind="tf",
+            metrics_entrypoint="REST",
+            status_url=f"{ep.tf_rest_urls[0]}/v1/models/cnn",
+            ports=tf_ports,
+        )
     if name == "tf-grpc":
-        return Target(name, "grpc", ep.tf_grpc_targets, path=GRPC_METHOD, backend="tf", metrics_urls=tf_metrics,
-                      metrics_kind="tf", metrics_entrypoint="GRPC",
-                      status_url=f"{ep.tf_rest_urls[0]}/v1/models/cnn" if ep.tf_rest_urls else None,
-                      ports=tf_ports)
+        return Target(
+            name,
+            "grpc",
+            ep.tf_grpc_targets,
+            path=GRPC_METHOD,
+            backend="tf",
+            metrics_urls=tf_metrics,
+            metrics_kind="tf",
+            metrics_entrypoint="GRPC",
+            status_url=f"{ep.tf_rest_urls[0]}/v1/models/cnn" if ep.tf_rest_urls else None,
+            ports=tf_ports,
+        )
     if name in ("gateway-torch", "gateway-tf"):
         if not ep.gateway_url:
             raise TargetError(f"target {name!r} needs a gateway URL (--via-gateway)")
         backend = name.split("-", 1)[1]
         inner = resolve(backend, ep)
-        return Target(name, "rest", (ep.gateway_url,), path=f"{PREDICT_PATH}?backend={backend}", backend=backend,
-                      metrics_urls=inner.metrics_urls, metrics_kind=inner.metrics_kind,
-                      metrics_entrypoint="GRPC" if backend == "tf" else "", status_url=inner.status_url,
-                      ports=inner.ports)
+        return Target(
+            name,
+            "rest",
+            (ep.gateway_url,),
+            path=f"{PREDICT_PATH}?backend={backend}",
+            backend=backend,
+            metrics_urls=inner.metrics_urls,
+            metrics_kind=inner.metrics_kind,
+            metrics_entrypoint="GRPC" if backend == "tf" else "",
+            status_url=inner.status_url,
+            ports=inner.ports,
+        )
     raise TargetError(f"unknown target {name!r}; known: {', '.join(TARGET_NAMES)}")
 
 
@@ -143,7 +176,8 @@ class HttpConnection:
     async def _connect(self) -> None:
         try:
             self.reader, self.writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), self.timeout_s)
+                asyncio.open_connection(self.host, self.port), self.timeout_s
+            )
         except TimeoutError as exc:
             raise RequestFailed(ERR_CONNECT, "connect timed out") from exc
         except OSError as exc:
@@ -222,9 +256,16 @@ class GrpcClient:
 
         self._grpc = grpc
         self.timeout_s = timeout_s
-        self.channels = [grpc.aio.insecure_channel(a, options=[
-            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
-        ]) for a in addresses]
+        self.channels = [
+            grpc.aio.insecure_channel(
+                a,
+                options=[
+                    ("grpc.max_receive_message_length", 64 << 20),
+                    ("grpc.max_send_message_length", 64 << 20),
+                ],
+            )
+            for a in addresses
+        ]
         # No serializer: the request bytes were encoded before the run; the reply stays bytes too.
         self.calls = [ch.unary_unary(GRPC_METHOD) for ch in self.channels]
         self._next = 0

@@ -36,8 +36,13 @@ def synthetic_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     img = synthetic_images()
     d = tmp_path / "repo" / "torchscript" / "cnn" / "1"
     d.mkdir(parents=True)
-    np.savez(d / "golden.npz", images=img.images, labels=img.labels, classes=img.labels,
-             probabilities=np.full((len(img.labels), 10), 0.1, np.float32))
+    np.savez(
+        d / "golden.npz",
+        images=img.images,
+        labels=img.labels,
+        classes=img.labels,
+        probabilities=np.full((len(img.labels), 10), 0.1, np.float32),
+    )
     monkeypatch.setenv("MODEL_REPOSITORY", str(tmp_path / "repo"))
     return tmp_path / "repo"
 
@@ -50,8 +55,12 @@ def fake_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
     def start(*args: str) -> str:
         port = free_port()
         proc = ManagedProcess.python_module(
-            f"fake-{port}", "tests.loadtest.fake_server", ready_url=f"http://127.0.0.1:{port}/v1/models/cnn",
-            log_dir=tmp_path / "logs", env={}, args=["--port", str(port), *args],
+            f"fake-{port}",
+            "tests.loadtest.fake_server",
+            ready_url=f"http://127.0.0.1:{port}/v1/models/cnn",
+            log_dir=tmp_path / "logs",
+            env={},
+            args=["--port", str(port), *args],
             cwd=Path(__file__).resolve().parents[2],
         ).start()
         started.append(proc)

@@ -39,16 +39,26 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st:
             body = await reader.readexactly(length) if length else b""
             t0 = time.perf_counter()
             if path.startswith(b"/metrics"):
-                text = (f"# TYPE {HIST} histogram\n{HIST}_bucket{{le=\"+Inf\"}} {st.count}\n"
-                        f"{HIST}_count {st.count}\n{HIST}_sum {st.lat_sum}\n").encode()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                             + str(len(text)).encode() + b"\r\n\r\n" + text)
+                text = (
+                    f'# TYPE {HIST} histogram\n{HIST}_bucket{{le="+Inf"}} {st.count}\n'
+                    f"{HIST}_count {st.count}\n{HIST}_sum {st.lat_sum}\n"
+                ).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                    + str(len(text)).encode()
+                    + b"\r\n\r\n"
+                    + text
+                )
                 await writer.drain()
                 continue
             if method == b"GET":
                 out = b'{"model_version_status":[{"version":"1","state":"AVAILABLE"}]}'
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                             + str(len(out)).encode() + b"\r\n\r\n" + out)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(out)).encode()
+                    + b"\r\n\r\n"
+                    + out
+                )
                 await writer.drain()
                 continue
             st.count += 1
@@ -64,13 +74,19 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st:
                 doc = orjson.loads(body)
                 preds = []
                 for inst in doc["instances"]:
-                    cls = int(round(inst[0][0][0] * 10)) + st.args.shift
+                    cls = round(inst[0][0][0] * 10) + st.args.shift
                     preds.append({"probabilities": [0.1] * 10, "classes": cls % 10})
                 out = orjson.dumps({"predictions": preds})
                 status = b"200 OK"
             st.lat_sum += time.perf_counter() - t0
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(out)).encode() + b"\r\n\r\n" + out)
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(out)).encode()
+                + b"\r\n\r\n"
+                + out
+            )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass

@@ -53,7 +53,8 @@ def test_errors_are_classified(fake_server, bodies):
     res = run_step_inline(StepSpec(_target(url), "closed", concurrency=2, requests=20, duration_s=5.0), bodies)
     assert res["ok"] == 0 and res["errors"] == {"http_503": 20}
     refused = run_step_inline(
-        StepSpec(_target("http://127.0.0.1:9"), "closed", concurrency=1, requests=3, duration_s=5.0), bodies)
+        StepSpec(_target("http://127.0.0.1:9"), "closed", concurrency=1, requests=3, duration_s=5.0), bodies
+    )
     assert refused["errors"].get("connect") == 3
 
 

@@ -13,9 +13,31 @@ import orjson
 from gateway.loadtest.report.html import render_html
 
 SUMMARY_FIELDS = [
-    "level", "target", "requests", "failed", "error_rate", "throughput_rps", "throughput_ci_lo", "throughput_ci_hi",
-    "mean_ms", "p50_ms", "p50_ci_lo", "p50_ci_hi", "p90_ms", "p95_ms", "p99_ms", "p99_ci_lo", "p99_ci_hi",
-    "p99_9_ms", "max_ms", "service_p99_ms", "server_mean_ms", "accuracy", "cpu_percent", "memory_mb", "valid",
+    "level",
+    "target",
+    "requests",
+    "failed",
+    "error_rate",
+    "throughput_rps",
+    "throughput_ci_lo",
+    "throughput_ci_hi",
+    "mean_ms",
+    "p50_ms",
+    "p50_ci_lo",
+    "p50_ci_hi",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "p99_ci_lo",
+    "p99_ci_hi",
+    "p99_9_ms",
+    "max_ms",
+    "service_p99_ms",
+    "server_mean_ms",
+    "accuracy",
+    "cpu_percent",
+    "memory_mb",
+    "valid",
 ]
 
 
@@ -28,23 +50,44 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     for g in result.get("groups", []):
         for name, t in g["targets"].items():
             lat, ci = t["latency_ms"], t.get("ci95", {})
-            rows.append({
-                "level": level_label(g["level"]), "target": name, "requests": t["requests"], "failed": t["failed"],
-                "error_rate": t["error_rate"], "throughput_rps": t["throughput_rps"],
-                "throughput_ci_lo": ci.get("throughput", [None, None])[0],
-                "throughput_ci_hi": ci.get("throughput", [None, None])[1],
-                "mean_ms": lat["mean"], "p50_ms": lat["p50"],
-                "p50_ci_lo": ci.get("p50", [None, None])[0], "p50_ci_hi": ci.get("p50", [None, None])[1],
-                "p90_ms": lat["p90"], "p95_ms": lat["p95"], "p99_ms": lat["p99"],
-                "p99_ci_lo": ci.get("p99", [None, None])[0], "p99_ci_hi": ci.get("p99", [None, None])[1],
-                "p99_9_ms": lat["p99_9"], "max_ms": lat["max"], "service_p99_ms": t["service_ms"]["p99"],
-                "server_mean_ms": t["server_mean_ms"], "accuracy": t["accuracy"],
-                "cpu_percent": t["resources"]["cpu_percent_mean"], "memory_mb": t["resources"]["memory_mb_max"],
-                "valid": t["valid"],
-            })
+            rows.append(
+                {
+                    "level": level_label(g["level"]),
+                    "target": name,
+                    "requests": t["requests"],
+                    "failed": t["failed"],
+                    "error_rate": t["error_rate"],
+                    "throughput_rps": t["throughput_rps"],
+                    "throughput_ci_lo": ci.get("throughput", [None, None])[0],
+                    "throughput_ci_hi": ci.get("throughput", [None, None])[1],
+                    "mean_ms": lat["mean"],
+                    "p50_ms": lat["p50"],
+                    "p50_ci_lo": ci.get("p50", [None, None])[0],
+                    "p50_ci_hi": ci.get("p50", [None, None])[1],
+                    "p90_ms": lat["p90"],
+                    "p95_ms": lat["p95"],
+                    "p99_ms": lat["p99"],
+                    "p99_ci_lo": ci.get("p99", [None, None])[0],
+                    "p99_ci_hi": ci.get("p99", [None, None])[1],
+                    "p99_9_ms": lat["p99_9"],
+                    "max_ms": lat["max"],
+                    "service_p99_ms": t["service_ms"]["p99"],
+                    "server_mean_ms": t["server_mean_ms"],
+                    "accuracy": t["accuracy"],
+                    "cpu_percent": t["resources"]["cpu_percent_mean"],
+                    "memory_mb": t["resources"]["memory_mb_max"],
+                    "valid": t["valid"],
+                }
+            )
     for name, r in result.get("slo", {}).items():
-        rows.append({"level": f"slo p99<={r['slo_p99_ms']:g}ms", "target": name,
-                     "throughput_rps": r["max_rate"], "valid": r["limited_by_generator_at"] is None})
+        rows.append(
+            {
+                "level": f"slo p99<={r['slo_p99_ms']:g}ms",
+                "target": name,
+                "throughput_rps": r["max_rate"],
+                "valid": r["limited_by_generator_at"] is None,
+            }
+        )
     return rows
 
 
@@ -60,10 +103,22 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 def summary_table(result: dict[str, Any]) -> str:
     """The plain-text table the CLI prints at the end."""
-    cols = [("level", "level", 0), ("target", "target", 0), ("requests", "requests", 0), ("failed", "failed", 0),
-            ("throughput_rps", "req/s", 1), ("mean_ms", "mean", 2), ("p50_ms", "p50", 2), ("p90_ms", "p90", 2),
-            ("p99_ms", "p99", 2), ("p99_ci", "p99 95% CI", 2), ("p99_9_ms", "p99.9", 2), ("max_ms", "max", 2),
-            ("server_mean_ms", "server", 2), ("accuracy", "acc", 3)]
+    cols = [
+        ("level", "level", 0),
+        ("target", "target", 0),
+        ("requests", "requests", 0),
+        ("failed", "failed", 0),
+        ("throughput_rps", "req/s", 1),
+        ("mean_ms", "mean", 2),
+        ("p50_ms", "p50", 2),
+        ("p90_ms", "p90", 2),
+        ("p99_ms", "p99", 2),
+        ("p99_ci", "p99 95% CI", 2),
+        ("p99_9_ms", "p99.9", 2),
+        ("max_ms", "max", 2),
+        ("server_mean_ms", "server", 2),
+        ("accuracy", "acc", 3),
+    ]
     rows = []
     for r in summary_rows(result):
         r = dict(r)

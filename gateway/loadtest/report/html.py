@@ -12,8 +12,15 @@ from gateway.loadtest import histograms as H
 from gateway.loadtest.report import svg
 
 # 1/(1-p) on a log axis spreads the tail out, as HdrHistogram's own plots do.
-SPECTRUM_TICKS = [(1.0, "0%"), (2.0, "50%"), (10.0, "90%"), (100.0, "99%"), (1000.0, "99.9%"),
-                  (10000.0, "99.99%"), (100000.0, "99.999%")]
+SPECTRUM_TICKS = [
+    (1.0, "0%"),
+    (2.0, "50%"),
+    (10.0, "90%"),
+    (100.0, "99%"),
+    (1000.0, "99.9%"),
+    (10000.0, "99.99%"),
+    (100000.0, "99.999%"),
+]
 
 
 def _colors(names: list[str]) -> dict[str, str]:
@@ -30,13 +37,18 @@ def spectrum_chart(group: dict[str, Any], colors: dict[str, str]) -> str:
         pts = [(1.0 / (1.0 - min(p, 99.999) / 100.0), ms) for p, ms in H.spectrum_ms(H.decode(t["histogram"]))]
         series.append(svg.Series(name, [pts], colors[name]))
         if group["level"]["loop"] == "open":
-            spts = [(1.0 / (1.0 - min(p, 99.999) / 100.0), ms)
-                    for p, ms in H.spectrum_ms(H.decode(t["service_histogram"]))]
+            spts = [
+                (1.0 / (1.0 - min(p, 99.999) / 100.0), ms) for p, ms in H.spectrum_ms(H.decode(t["service_histogram"]))
+            ]
             series.append(svg.Series(f"{name} (service)", [spts], colors[name], dashed=True))
-    return svg.render(svg.Chart(
-        f"Latency by percentile — {_label(group['level'])}", svg.Axis("percentile", log=True, ticks=SPECTRUM_TICKS,
-                                                                     lo=1.0),
-        svg.Axis("latency (ms)", log=True), series))
+    return svg.render(
+        svg.Chart(
+            f"Latency by percentile — {_label(group['level'])}",
+            svg.Axis("percentile", log=True, ticks=SPECTRUM_TICKS, lo=1.0),
+            svg.Axis("latency (ms)", log=True),
+            series,
+        )
+    )
 
 
 def timeline_charts(result: dict[str, Any], colors: dict[str, str]) -> tuple[str, str]:
@@ -59,13 +71,22 @@ def timeline_charts(result: dict[str, Any], colors: dict[str, str]) -> tuple[str
             p50.append(seg50)
             p99.append(seg99)
             thr.append(segt[:-1] if len(segt) > 1 else segt)  # the last block is partial
-        lat_series += [svg.Series(f"{name} p99", p99, colors[name], markers=True),
-                       svg.Series(f"{name} p50", p50, colors[name], dashed=True)]
+        lat_series += [
+            svg.Series(f"{name} p99", p99, colors[name], markers=True),
+            svg.Series(f"{name} p50", p50, colors[name], dashed=True),
+        ]
         thr_series.append(svg.Series(name, thr, colors[name], markers=True))
-    lat = svg.render(svg.Chart("Latency over the run (per 1-block window)", svg.Axis("time since start (s)"),
-                               svg.Axis("latency (ms)", log=True), lat_series))
-    thr = svg.render(svg.Chart("Throughput over the run", svg.Axis("time since start (s)"),
-                               svg.Axis("responses/s"), thr_series))
+    lat = svg.render(
+        svg.Chart(
+            "Latency over the run (per 1-block window)",
+            svg.Axis("time since start (s)"),
+            svg.Axis("latency (ms)", log=True),
+            lat_series,
+        )
+    )
+    thr = svg.render(
+        svg.Chart("Throughput over the run", svg.Axis("time since start (s)"), svg.Axis("responses/s"), thr_series)
+    )
     return lat, thr
 
 
@@ -74,14 +95,28 @@ def sweep_chart(result: dict[str, Any], colors: dict[str, str]) -> str | None:
         return None
     series = []
     for name in result["scenario"]["targets"]:
-        p99 = [(g["targets"][name]["throughput_rps"], g["targets"][name]["latency_ms"]["p99"])
-               for g in result["groups"] if g["targets"][name]["latency_ms"]["p99"] is not None]
-        p50 = [(g["targets"][name]["throughput_rps"], g["targets"][name]["latency_ms"]["p50"])
-               for g in result["groups"] if g["targets"][name]["latency_ms"]["p50"] is not None]
-        series += [svg.Series(f"{name} p99", [p99], colors[name], markers=True),
-                   svg.Series(f"{name} p50", [p50], colors[name], dashed=True, markers=True)]
-    return svg.render(svg.Chart("Latency versus throughput (one point per load level)",
-                                svg.Axis("throughput (responses/s)"), svg.Axis("latency (ms)", log=True), series))
+        p99 = [
+            (g["targets"][name]["throughput_rps"], g["targets"][name]["latency_ms"]["p99"])
+            for g in result["groups"]
+            if g["targets"][name]["latency_ms"]["p99"] is not None
+        ]
+        p50 = [
+            (g["targets"][name]["throughput_rps"], g["targets"][name]["latency_ms"]["p50"])
+            for g in result["groups"]
+            if g["targets"][name]["latency_ms"]["p50"] is not None
+        ]
+        series += [
+            svg.Series(f"{name} p99", [p99], colors[name], markers=True),
+            svg.Series(f"{name} p50", [p50], colors[name], dashed=True, markers=True),
+        ]
+    return svg.render(
+        svg.Chart(
+            "Latency versus throughput (one point per load level)",
+            svg.Axis("throughput (responses/s)"),
+            svg.Axis("latency (ms)", log=True),
+            series,
+        )
+    )
 
 
 def breakdown_chart(group: dict[str, Any]) -> str:
@@ -92,8 +127,15 @@ def breakdown_chart(group: dict[str, Any]) -> str:
         if srv is None:
             rows.append((f"{name} (server n/a)", [(mean, "#8d96a3", "client-measured mean (no server metric)")]))
         else:
-            rows.append((name, [(min(srv, mean), "#30638e", "server time (Prometheus, mean)"),
-                                (max(mean - srv, 0.0), "#edae49", "network, serialization, queueing")]))
+            rows.append(
+                (
+                    name,
+                    [
+                        (min(srv, mean), "#30638e", "server time (Prometheus, mean)"),
+                        (max(mean - srv, 0.0), "#edae49", "network, serialization, queueing"),
+                    ],
+                )
+            )
     return svg.stacked_bars(f"Where the mean latency goes — {_label(group['level'])}", rows)
 
 
@@ -105,9 +147,15 @@ def slo_chart(result: dict[str, Any], colors: dict[str, str]) -> str | None:
         slo_ms = r["slo_p99_ms"]
         pts = sorted((s["rate"], s["p99_ms"]) for s in r["steps"] if s["p99_ms"] is not None)
         series.append(svg.Series(name, [pts], colors[name], markers=True))
-    return svg.render(svg.Chart("SLO search: p99 at each rate tried", svg.Axis("offered rate (req/s)"),
-                                svg.Axis("p99 latency (ms)", log=True), series,
-                                hlines=[(slo_ms, f"SLO {slo_ms:g} ms")] if slo_ms else []))
+    return svg.render(
+        svg.Chart(
+            "SLO search: p99 at each rate tried",
+            svg.Axis("offered rate (req/s)"),
+            svg.Axis("p99 latency (ms)", log=True),
+            series,
+            hlines=[(slo_ms, f"SLO {slo_ms:g} ms")] if slo_ms else [],
+        )
+    )
 
 
 def _num(v: Any, digits: int = 2) -> str:
@@ -130,16 +178,28 @@ def render_html(result: dict[str, Any]) -> str:
     colors = _colors(names)
     groups = []
     for g in result["groups"]:
-        groups.append({"label": _label(g["level"]), "data": g, "spectrum": spectrum_chart(g, colors),
-                       "breakdown": breakdown_chart(g)})
+        groups.append(
+            {
+                "label": _label(g["level"]),
+                "data": g,
+                "spectrum": spectrum_chart(g, colors),
+                "breakdown": breakdown_chart(g),
+            }
+        )
     timeline_lat, timeline_thr = timeline_charts(result, colors) if result["steps"] else ("", "")
     env = jinja2.Environment(autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined)
     env.filters["num"] = _num
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v * 100:.2f}%"
     env.globals["ci"] = _ci
     template = env.from_string(
-        resources.files("gateway.loadtest.report").joinpath("template.html.j2").read_text(encoding="utf-8"))
+        resources.files("gateway.loadtest.report").joinpath("template.html.j2").read_text(encoding="utf-8")
+    )
     return template.render(
-        r=result, groups=groups, colors=colors, timeline_lat=timeline_lat, timeline_thr=timeline_thr,
-        sweep=sweep_chart(result, colors), slo=slo_chart(result, colors),
+        r=result,
+        groups=groups,
+        colors=colors,
+        timeline_lat=timeline_lat,
+        timeline_thr=timeline_thr,
+        sweep=sweep_chart(result, colors),
+        slo=slo_chart(result, colors),
     )

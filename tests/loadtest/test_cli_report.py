@@ -1,0 +1,161 @@
+"""The CLI end to end against two real local servers: report files, HTML with plots, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from gateway.loadtest.cli import main
+from gateway.loadtest.report import write_report
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: dict[str, int] = {}
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if tag in ("script", "link"):
+            raise AssertionError(f"report must be self-contained, found <{tag}>")
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _args(tmp_path: Path, torch: str, tf: str, *extra: str) -> list[str]:
+    return [
+        "--report-dir",
+        str(tmp_path / "reports"),
+        "--targets",
+        "torch,tf",
+        "--torch-url",
+        torch,
+        "--tf-rest-url",
+        tf,
+        "--duration",
+        "1.5",
+        "--rounds",
+        "2",
+        "--warmup",
+        "0.5",
+        "--no-progress",
+        "--resources",
+        "psutil",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def two_servers(fake_server):
+    return fake_server("--delay-ms", "3"), fake_server("--delay-ms", "12")
+
+
+def test_default_comparison_writes_a_report(tmp_path, two_servers, synthetic_repo, capsys):
+    torch, tf = two_servers
+    assert main(_args(tmp_path, torch, tf, "--name", "t1")) == 0
+    out = capsys.readouterr().out
+    assert "p99 95% CI" in out and "report:" in out
+    folder = next((tmp_path / "reports").iterdir())
+    assert folder.name.endswith("-t1")
+    report = json.loads((folder / "report.json").read_text())
+    assert report["valid"] and report["failed_requests"] == 0 and report["model"]["repository_version"] == 1
+    group = report["groups"][0]
+    assert group["targets"]["torch"]["accuracy"] == 1.0
+    assert group["agreement"]["torch vs tf"]["rate"] == 1.0
+    assert group["targets"]["torch"]["server_mean_ms"] is not None  # fake server exposes torch's metric
+    assert group["targets"]["tf"]["server_mean_ms"] is None  # ... but not TF Serving's: "n/a"
+    assert group["targets"]["torch"]["resources"]["source"] == "psutil"
+    # 12 ms vs 3 ms of server delay: the p50 difference is unmistakable and must be called significant.
+    p50 = group["comparisons"][0]["metrics"]["p50"]
+    assert p50["significant"] and p50["relative"] > 0.5
+    assert "tf p50 is" in " ".join(report["verdict"])
+    rows = list(csv.DictReader((folder / "summary.csv").open()))
+    assert [r["target"] for r in rows] == ["torch", "tf"]
+    parser = _Tags()
+    parser.feed((folder / "report.html").read_text())
+    assert parser.tags.get("svg", 0) >= 4 and parser.tags.get("polyline", 0) >= 4
+    assert "Verdict" in "".join(parser.text)
+    # The rounds were interleaved: both targets measured in each round, order recorded per step.
+    assert sorted((s["round"], s["target"]) for s in report["steps"]) == [
+        (0, "tf"),
+        (0, "torch"),
+        (1, "tf"),
+        (1, "torch"),
+    ]
+
+
+def test_gates_and_errors_set_the_exit_code(tmp_path, two_servers, fake_server, synthetic_repo):
+    torch, tf = two_servers
+    assert main(_args(tmp_path, torch, tf, "--rounds", "1", "--fail-p99-ms", "0.5")) == 1
+    # a target that does not answer fails before any load, with exit code 3
+    assert main(_args(tmp_path, torch, "http://127.0.0.1:9", "--rounds", "1")) == 3
+    # a target answering errors is a failed request -> exit 1 (the error-rate gate is 0 by default)
+    bad = fake_server("--status", "500")
+    assert main(_args(tmp_path, torch, bad, "--rounds", "1")) == 3  # preflight catches it first
+    assert main(["--scenario", "nonexistent-scenario"]) == 3
+
+
+def test_open_loop_sweep_and_slo_search_reports(tmp_path, fake_server, synthetic_repo):
+    url = fake_server("--delay-ms", "4")
+    base = [
+        "--report-dir",
+        str(tmp_path / "r"),
+        "--targets",
+        "torch",
+        "--torch-url",
+        url,
+        "--no-progress",
+        "--warmup",
+        "0.5",
+        "--resources",
+        "none",
+    ]
+    assert main([*base, "--sweep-rates", "20,60", "--duration", "1.5", "--rounds", "1", "--name", "sw"]) == 0
+    slo_args = ["--slo-p99-ms", "30", "--slo-rates", "20,200", "--slo-iterations", "3", "--duration", "2"]
+    assert main([*base, *slo_args, "--name", "slo", "--scenario", "slo-search"]) == 0
+    reports = {p.name.split("-", 1)[1]: json.loads((p / "report.json").read_text()) for p in (tmp_path / "r").iterdir()}
+    sweep = reports["sw"]
+    assert [g["level"]["rate"] for g in sweep["groups"]] == [20.0, 60.0]
+    assert "lag_ms" in sweep["steps"][0]
+    slo = reports["slo"]["slo"]["torch"]
+    assert slo["steps"] and slo["steps"][0]["rate"] == 20.0
+    # 4 ms of server time is far under 30 ms at these rates
+    assert slo["max_rate"] is not None and slo["max_rate"] >= 20.0
+
+
+def test_report_renders_without_server_metrics_or_steps(tmp_path):
+    result = {
+        "name": "empty",
+        "started_at": "x",
+        "finished_at": "y",
+        "duration_s": 0,
+        "valid": True,
+        "failed_requests": 0,
+        "requests": 0,
+        "invalid_reasons": [],
+        "verdict": [],
+        "groups": [],
+        "slo": {},
+        "steps": [],
+        "targets": {},
+        "model": {"repository_version": None, "served": {}},
+        "data": {"source": "none", "count": 0},
+        "machine": {"cpu_model": "?", "logical_cores": 1, "memory_gb": 1, "gpus": [], "load_average": [0, 0, 0]},
+        "versions": {},
+        "scenario": {
+            "targets": ["torch"],
+            "block_s": 1.0,
+            "mode": "compare",
+            "seed": 1,
+            "description": "",
+            "load": {"batch_size": 1},
+        },
+    }
+    paths = write_report(result, tmp_path / "out")
+    _Tags().feed(paths["html"].read_text())
