@@ -7,52 +7,57 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tf_serving.compat.settings import ServerConfig, Settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
 
 
-def _configure_tensorflow(settings: object) -> None:
+def _configure_tensorflow(settings: Settings) -> None:
     import tensorflow as tf
 
     # Thread pools can only be sized before TF runs its first op.
-    tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)  # type: ignore[attr-defined]
-    tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)  # type: ignore[attr-defined]
+    tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
 
 
-async def _serve(settings: object, config: object) -> None:
+async def _serve(settings: Settings, config: ServerConfig) -> None:
     import uvicorn
 
     from tf_serving.compat.app import create_app
     from tf_serving.compat.grpc_server import create_grpc_server
     from tf_serving.compat.model import ModelRegistry
 
-    registry = ModelRegistry(settings, config)  # type: ignore[arg-type]
+    registry = ModelRegistry(settings, config)
     await asyncio.to_thread(registry.start)
-    app = create_app(settings, registry)  # type: ignore[arg-type]
+    app = create_app(settings, registry)
     rest = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=settings.host,  # type: ignore[attr-defined]
-            port=settings.rest_port,  # type: ignore[attr-defined]
+            host=settings.host,
+            port=settings.rest_port,
             log_level="warning",
             access_log=False,
             lifespan="on",
         )
     )
     grpc_server = None
-    if settings.grpc_port:  # type: ignore[attr-defined]
+    if settings.grpc_port:
         grpc_server = create_grpc_server(
             registry,
-            host=settings.host,  # type: ignore[attr-defined]
-            port=settings.grpc_port,  # type: ignore[attr-defined]
-            max_message_bytes=settings.grpc_max_message_bytes,  # type: ignore[attr-defined]
+            host=settings.host,
+            port=settings.grpc_port,
+            max_message_bytes=settings.grpc_max_message_bytes,
         )
         await grpc_server.start()
     logging.getLogger("tf_serving.compat").info(
         "serving REST on %s:%s, gRPC on %s (compat server, not TensorFlow Serving)",
-        settings.host,  # type: ignore[attr-defined]
-        settings.rest_port,  # type: ignore[attr-defined]
-        settings.grpc_port or "off",  # type: ignore[attr-defined]
+        settings.host,
+        settings.rest_port,
+        settings.grpc_port or "off",
     )
     try:
         await rest.serve()  # returns after SIGINT/SIGTERM (uvicorn installs the handlers)
@@ -62,15 +67,15 @@ async def _serve(settings: object, config: object) -> None:
         await asyncio.to_thread(registry.stop)
 
 
-def _run(coro: object) -> None:
-    # uvloop (shipped with uvicorn[standard]) roughly halves the per-request cost of the event loop;
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    # uvloop (shipped with uvicorn[standard]) is a cheaper event loop than asyncio's default;
     # grpc.aio runs on it too. Plain asyncio where it is missing.
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
+        asyncio.run(coro)
         return
-    uvloop.run(coro)  # type: ignore[arg-type]
+    uvloop.run(coro)
 
 
 def main() -> int:

@@ -196,7 +196,10 @@ def create_grpc_server(registry: ModelRegistry, *, host: str, port: int, max_mes
     server = grpc.aio.server(options=options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # grpcio raises where older versions returned 0
+        raise OSError(f"cannot bind gRPC port {host}:{port}: {exc}") from None
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
     return server
