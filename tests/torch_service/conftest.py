@@ -32,13 +32,19 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=30.0, **kw)  # type: ignore[arg-type]
 
 
-def start_server(repo: Path, log_dir: Path, env: dict[str, str] | None = None, timeout: float = 120.0) -> Server:
+def start_server(
+    repo: Path,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    ready_path: str = "/v2/health/ready",
+) -> Server:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = ManagedProcess.python_module(
         f"torch_service-{port}",
         "torch_service",
-        ready_url=f"{url}/v2/health/ready",
+        ready_url=f"{url}{ready_path}",
         log_dir=log_dir,
         env={
             "MODEL_REPOSITORY": str(repo),
@@ -63,8 +69,8 @@ def start_server(repo: Path, log_dir: Path, env: dict[str, str] | None = None, t
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def factory(repo: Path, env: dict[str, str] | None = None) -> Server:
-        s = start_server(repo, tmp_path / "logs", env)
+    def factory(repo: Path, env: dict[str, str] | None = None, ready_path: str = "/v2/health/ready") -> Server:
+        s = start_server(repo, tmp_path / "logs", env, ready_path=ready_path)
         started.append(s)
         return s
 

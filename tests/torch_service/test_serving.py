@@ -6,6 +6,7 @@ Each test starts its own real `python -m torch_service` with the settings it nee
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,6 +173,37 @@ def test_new_version_hot_swapped_under_load_and_corrupt_version_rejected(
         r = c.post("/v2/models/cnn/infer", json=body)
         assert r.status_code == 200 and r.json()["model_version"] == "2"
         assert c.post("/v2/models/cnn/versions/3/infer", json=body).status_code == 404
+
+
+def test_not_ready_until_a_version_appears_then_serves_it(
+    model_repository: Path,
+    tmp_path: Path,
+    server_factory: Callable[..., Server],
+    write_batching: Callable[[str], str],
+    golden: dict[str, np.ndarray],
+) -> None:
+    repo = tmp_path / "empty_repo"
+    (repo / "torchscript" / "cnn").mkdir(parents=True)
+    env = {
+        "TORCH_SERVICE_POLL_INTERVAL_S": "0.2",
+        "TORCH_SERVICE_BATCHING_PARAMETERS_FILE": write_batching(FAST_BATCHING),
+    }
+    s = server_factory(repo, env, ready_path="/v2/health/live")
+    with s.client() as c:
+        assert c.get("/v2/health/live").status_code == 200
+        r = c.get("/v2/health/ready")
+        assert r.status_code == 503 and "no version available" in r.json()["error"]
+        assert c.get("/v2/models/cnn/ready").status_code == 503
+        assert c.get("/v1/models/cnn").status_code == 404
+        r = c.post("/v1/models/cnn:predict", json=_instances(golden, 1))
+        assert r.status_code == 404 and "Latest(cnn)" in r.json()["error"]
+        staging = repo / "torchscript" / "cnn" / ".incoming"
+        shutil.copytree(model_repository / "torchscript" / "cnn" / "1", staging)
+        staging.rename(repo / "torchscript" / "cnn" / "1")
+        _wait_for(lambda: c.get("/v2/health/ready").status_code == 200, what="the first version to load")
+        r = c.post("/v1/models/cnn:predict", json=_instances(golden, 2))
+        assert r.status_code == 200
+        assert [p["classes"] for p in r.json()["predictions"]] == golden["classes"][:2].tolist()
 
 
 # --------------------------------------------------------------------------- graceful shutdown

@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from serving_core.batching import BatchingParameters
-from serving_core.errors import FailedPrecondition
+from serving_core.errors import DeadlineExceeded, FailedPrecondition
 from serving_core.repository import ManifestError
 from torch_service.middleware import endpoint_label
 from torch_service.model import SchedulerConfig, load_servable, resolve_device, warmup_sizes
@@ -111,6 +111,19 @@ async def test_load_warm_up_and_predict_through_the_batcher(tmp_path: Path) -> N
             ref = module(torch.from_numpy(x))
         np.testing.assert_allclose(out["probabilities"], ref["probabilities"].numpy(), atol=1e-6)
         assert out["classes"].dtype == np.int64 and out["classes"].shape == (3,)
+    finally:
+        servable.close()
+
+
+async def test_inference_slower_than_the_request_timeout_is_deadline_exceeded(tmp_path: Path) -> None:
+    # A lone request waits 5 s for its batch to fill; the caller gives up after 0.2 s.
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=5_000_000, num_batch_threads=1)
+    servable = load_servable(
+        save_version(tmp_path / "1", Contract()), 1, device=torch.device("cpu"), sched=sched(params)
+    )
+    try:
+        with pytest.raises(DeadlineExceeded, match=r"within 0\.2 s"):
+            await servable.predict(np.zeros((1, 28, 28, 1), np.float32), timeout_s=0.2)
     finally:
         servable.close()
 
