@@ -1,7 +1,7 @@
 """Gateway overhead: latency through the gateway minus latency straight to the backend, side by side.
 
-Starts torch_service, the TF-Serving-compatible server (REST + gRPC) and the gateway (TF upstream over
-gRPC, as by default) on free loopback ports, warms every path up, then for each backend and
+Starts torch_service, the TF-Serving-compatible server (REST + gRPC) and two gateways (TF upstream over
+gRPC, the default, and over REST) on free loopback ports, warms every path up, then for each backend and
 concurrency sends the same request alternately in rounds straight to the backend and through the
 gateway (same client, same body, interleaved in time) and prints p50/p99 of both and their difference.
 
@@ -38,8 +38,13 @@ from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[ManagedProcess], dict[str, str]]:
     quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "MODEL_REPOSITORY": str(repo)}
-    tp, rp, gp, gwp = free_port(), free_port(), free_port(), free_port()
-    urls = {"torch": f"http://127.0.0.1:{tp}", "tf": f"http://127.0.0.1:{rp}", "gateway": f"http://127.0.0.1:{gwp}"}
+    tp, rp, gp, gwp, gwr = free_port(), free_port(), free_port(), free_port(), free_port()
+    urls = {
+        "torch": f"http://127.0.0.1:{tp}",
+        "tf": f"http://127.0.0.1:{rp}",
+        "gateway": f"http://127.0.0.1:{gwp}",
+        "gateway_tf_rest": f"http://127.0.0.1:{gwr}",
+    }
     procs = [
         ManagedProcess.python_module(
             "torch_service",
@@ -62,21 +67,25 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
             env={**quiet, "TF_SERVING_REST_PORT": str(rp), "TF_SERVING_GRPC_PORT": str(gp)},
             cwd=ROOT,
         ),
-        ManagedProcess.python_module(
-            "gateway",
-            "gateway",
-            ready_url=f"{urls['gateway']}/readyz",
-            log_dir=log_dir,
-            env={
-                **quiet,
-                "GATEWAY_PORT": str(gwp),
-                "GATEWAY_TORCH_URLS": urls["torch"],
-                "GATEWAY_TF_GRPC_TARGETS": f"127.0.0.1:{gp}",
-                "GATEWAY_TF_PROTOCOL": "grpc",
-                "GATEWAY_ACCESS_LOG": str(access_log).lower(),
-                "GATEWAY_HEALTH_INTERVAL_S": "0.5",
-            },
-            cwd=ROOT,
+        *(
+            ManagedProcess.python_module(
+                name,
+                "gateway",
+                ready_url=f"{urls[name]}/readyz",
+                log_dir=log_dir,
+                env={
+                    **quiet,
+                    "GATEWAY_PORT": urls[name].rsplit(":", 1)[1],
+                    "GATEWAY_TORCH_URLS": urls["torch"],
+                    "GATEWAY_TF_GRPC_TARGETS": f"127.0.0.1:{gp}",
+                    "GATEWAY_TF_REST_URLS": urls["tf"],
+                    "GATEWAY_TF_PROTOCOL": protocol,
+                    "GATEWAY_ACCESS_LOG": str(access_log).lower(),
+                    "GATEWAY_HEALTH_INTERVAL_S": "0.5",
+                },
+                cwd=ROOT,
+            )
+            for name, protocol in (("gateway", "grpc"), ("gateway_tf_rest", "rest"))
         ),
     ]
     for p in procs:
@@ -131,31 +140,34 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pid: int | None) -> list[dict[str, object]]:
+async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[str, int]) -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
     body = orjson.dumps(
         {"instances": rng.random((args.batch, 28, 28, 1), dtype=np.float32)}, option=orjson.OPT_SERIALIZE_NUMPY
     )
     pools = {name: Http1Pool(url, max_connections=256, connect_timeout_s=5) for name, url in urls.items()}
-    paths = {
-        ("torch", "direct"): ("torch", "/v1/models/cnn:predict"),
-        ("torch", "gateway"): ("gateway", "/v1/models/cnn:predict?backend=torch"),
-        ("tf", "direct"): ("tf", "/v1/models/cnn:predict"),
-        ("tf", "gateway"): ("gateway", "/v1/models/cnn:predict?backend=tf"),
+    # case -> (direct server, direct path), (gateway server, gateway path)
+    cases = {
+        "torch (REST)": (("torch", "/v1/models/cnn:predict"), ("gateway", "/v1/models/cnn:predict?backend=torch")),
+        "tf (gRPC)": (("tf", "/v1/models/cnn:predict"), ("gateway", "/v1/models/cnn:predict?backend=tf")),
+        "tf (REST)": (("tf", "/v1/models/cnn:predict"), ("gateway_tf_rest", "/v1/models/cnn:predict?backend=tf")),
     }
-    gw_proc = psutil.Process(gw_pid) if gw_pid else None
+    cases = {k: v for k, v in cases.items() if v[1][0] in urls}
+    gw_procs = {name: psutil.Process(pid) for name, pid in gw_pids.items()}
     rows = []
-    for server, path in paths.values():  # warm-up: connections, graph caches, batching threads
-        await run_path(pools[server], path, body, args.warmup, 4)
+    for direct, through in cases.values():  # warm-up: connections, graph caches, batching threads
+        for server, path in (direct, through):
+            await run_path(pools[server], path, body, args.warmup, 4)
     for concurrency in args.concurrency:
-        for backend in ("torch", "tf"):
+        for backend, (direct, through) in cases.items():
+            gw_proc = gw_procs.get(through[0])
             lat: dict[str, list[float]] = {"direct": [], "gateway": []}
             gw_cpu = 0.0
             per_round = max(concurrency, args.requests // args.rounds)
             for r in range(args.rounds):
                 # Alternate which path goes first so drift (other load on the machine) hits both alike.
                 for which in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
-                    server, path = paths[(backend, which)]
+                    server, path = direct if which == "direct" else through
                     before = cpu_s(gw_proc)
                     lat[which] += await run_path(pools[server], path, body, per_round, concurrency)
                     if which == "gateway":
@@ -167,7 +179,7 @@ async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pid: int | 
             row["gateway_cpu_ms"] = gw_cpu * 1000.0 / len(lat["gateway"])
             rows.append(row)
             print(
-                f"{backend:5s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
+                f"{backend:12s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
                 f"p99 {row['direct_p99']:7.3f} | gateway p50 {row['gateway_p50']:7.3f} "
                 f"p99 {row['gateway_p99']:7.3f} | overhead p50 {row['overhead_p50']:+7.3f} "
                 f"p99 {row['overhead_p99']:+7.3f} ms | gateway CPU {row['gateway_cpu_ms']:.3f} ms/request",
@@ -185,9 +197,8 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        up = "torch (REST)" if r["backend"] == "torch" else "tf (gRPC)"
         lines.append(
-            f"| {up} | {r['concurrency']} | {r['direct_p50']:.3f} / {r['direct_p99']:.3f} "
+            f"| {r['backend']} | {r['concurrency']} | {r['direct_p50']:.3f} / {r['direct_p99']:.3f} "
             f"| {r['gateway_p50']:.3f} / {r['gateway_p99']:.3f} "
             f"| {r['overhead_p50']:+.3f} / {r['overhead_p99']:+.3f} | {r['gateway_cpu_ms']:.3f} |"
         )
@@ -226,7 +237,9 @@ def main() -> int:
             log_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
             print(f"starting torch_service, tf_serving.compat, gateway (logs in {log_dir}) ...", flush=True)
             procs, urls = start_stack(repo, log_dir, args.access_log)
-        asyncio.run(wait_both_ready(urls["gateway"]))
+        for name in ("gateway", "gateway_tf_rest"):
+            if name in urls:
+                asyncio.run(wait_both_ready(urls[name]))
         print(
             f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
             f"{platform.processor() or platform.machine()}, "
@@ -234,8 +247,8 @@ def main() -> int:
             f"access log {'on' if args.access_log else 'off'}",
             flush=True,
         )
-        gw_pid = procs[-1].proc.pid if procs and procs[-1].proc else None
-        rows = uvloop.run(measure(urls, args, gw_pid))
+        gw_pids = {p.name: p.proc.pid for p in procs if p.name.startswith("gateway") and p.proc}
+        rows = uvloop.run(measure(urls, args, gw_pids))
         print()
         print(markdown(rows, args))
     finally:
