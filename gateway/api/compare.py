@@ -13,11 +13,11 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.deps import gateway, log_info, parse_body
+from gateway.api.deps import check_model, gateway, log_info, parse_body
 from gateway.errors import GatewayError
 from gateway.upstreams.pool import PredictResult
 from serving_core.contract import OUTPUT_CLASSES, OUTPUT_PROBABILITIES
-from serving_core.errors import InvalidArgument, ServingError
+from serving_core.errors import ServingError
 
 router = APIRouter(tags=["compare"])
 
@@ -62,8 +62,7 @@ async def compare(request: Request) -> Response:
     gw = gateway(request)
     model = request.query_params.get("model") or gw.settings.model_name
     version = request.query_params.get("version") or None
-    if version is not None and (not version.isdigit() or int(version) <= 0):
-        raise InvalidArgument(f"Model version must be a positive integer, got '{version}'")
+    check_model(model, version)
     body = await request.body()
     req = await parse_body(body, gw.settings.max_batch_size)
     names = list(gw.pools)

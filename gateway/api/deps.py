@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import Request
@@ -11,10 +12,22 @@ from gateway.middleware import LOG_KEY
 from gateway.service import Gateway, backend_choice
 from gateway.upstreams.pool import BackendPool
 from gateway.validation import PredictRequest, parse_predict
+from serving_core.errors import InvalidArgument, NotFound
 
 # Above this, parsing (JSON -> numpy, ~40 us per image) moves to a worker thread so one big batch
 # cannot stall every other request on the event loop; below it the thread hop would cost more.
 INLINE_PARSE_BYTES = 64 * 1024
+
+
+# Names and versions end up in the upstream request line: only what a model name can be gets through.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def check_model(model: str, version: str | None) -> None:
+    if not _MODEL_NAME.match(model):
+        raise NotFound(f"Servable not found for request: Latest({model[:128]})")
+    if version is not None and (not version.isdigit() or int(version) <= 0):
+        raise InvalidArgument(f"Model version must be a positive integer, got '{version[:32]}'")
 
 
 def gateway(request: Request) -> Gateway:

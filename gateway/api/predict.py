@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.deps import chosen_pool, gateway, log_info, parse_body
-from serving_core.errors import InvalidArgument
+from gateway.api.deps import check_model, chosen_pool, gateway, log_info, parse_body
 
 router = APIRouter(tags=["predict"])
 
@@ -22,8 +21,7 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
     info["endpoint"] = "predict"
     pool = chosen_pool(request)
     info["backend"] = pool.name
-    if version is not None and (not version.isdigit() or int(version) <= 0):
-        raise InvalidArgument(f"Model version must be a positive integer, got '{version}'")
+    check_model(model, version)
     gw = gateway(request)
     body = await request.body()
     req = await parse_body(body, gw.settings.max_batch_size)

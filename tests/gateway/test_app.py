@@ -85,6 +85,10 @@ def test_bad_input_same_error_for_both_backends(
 def test_bad_version_backend_and_json(client: TestClient) -> None:
     r = client.post("/v1/models/cnn/versions/x:predict", json={"instances": IMG})
     assert r.status_code == 400 and "positive integer" in r.json()["error"]
+    r = client.post("/v1/models/cn%20n:predict", json={"instances": IMG})
+    assert r.status_code == 404 and "Servable not found" in r.json()["error"]
+    r = client.post("/v1/compare?version=0", json={"instances": IMG})
+    assert r.status_code == 400 and "positive integer" in r.json()["error"]
     r = client.post("/v1/models/cnn:predict", json={"instances": IMG}, headers={"X-Backend": "onnx"})
     assert r.status_code == 400 and "unknown backend 'onnx'" in r.json()["error"]
     r = client.post("/v1/models/cnn:predict", content=b'{"instances": [')
