@@ -9,9 +9,24 @@ import sys
 from pydantic import ValidationError
 
 
-def main() -> int:
+def usage() -> str:
+    from torch_service.settings import Settings
+
+    lines = ["usage: python -m torch_service   (configured by environment variables only)", ""]
+    for name, field in Settings.model_fields.items():
+        var = "MODEL_REPOSITORY" if name == "model_repository" else f"TORCH_SERVICE_{name.upper()}"
+        default = "tf_serving/batching.config" if name == "batching_parameters_file" else field.default
+        lines.append(f"  {var:<40} default: {default}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     from torch_service.settings import Settings, describe_validation_error
 
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        print(usage(), file=sys.stdout if args[0] in ("-h", "--help") else sys.stderr)
+        return 0 if args[0] in ("-h", "--help") else 2
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -21,7 +21,7 @@ from torch_service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _lifespan(runtime: ModelRuntime):
+def _lifespan(runtime: ModelRuntime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # Load and warm up before the server takes traffic; blocking work stays off the event loop.

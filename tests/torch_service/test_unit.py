@@ -174,3 +174,16 @@ def test_unloadable_or_tampered_file_fails_the_load(tmp_path: Path) -> None:
 )
 def test_endpoint_labels_are_bounded(path: str, label: str) -> None:
     assert endpoint_label(path) == label
+
+
+# ------------------------------------------------------------------------------------- docs
+def test_every_setting_is_in_the_readme_and_in_help() -> None:
+    from torch_service.__main__ import usage
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("<!-- section:torch_service -->")[1].split("<!-- /section:torch_service -->")[0]
+    help_text = usage()
+    for name in Settings.model_fields:
+        var = "MODEL_REPOSITORY" if name == "model_repository" else f"TORCH_SERVICE_{name.upper()}"
+        assert f"`{var}`" in section, f"{var} missing from the README's torch_service settings table"
+        assert var in help_text
