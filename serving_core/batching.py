@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -191,6 +192,14 @@ def _as_serving_error(exc: BaseException) -> BaseException:
     return Internal(f"inference failed: {type(exc).__name__}: {exc}")
 
 
+def _report(on_batch: Callable[[BatchStats], None], stats: BatchStats) -> None:
+    # A failing metrics hook must neither kill a batch thread nor fail a request that succeeded.
+    try:
+        on_batch(stats)
+    except Exception:
+        logging.getLogger(__name__).exception("on_batch callback failed")
+
+
 class DynamicBatcher:
     """Merges concurrent `submit` calls into batches run by `num_batch_threads` worker threads."""
 
@@ -299,7 +308,7 @@ class DynamicBatcher:
             offset += t.size
             _deliver(t, part, None)
         if self._on_batch is not None:
-            self._on_batch(BatchStats(n, padded, len(batch), tuple(start - t.enqueued for t in batch), run_s))
+            _report(self._on_batch, BatchStats(n, padded, len(batch), tuple(start - t.enqueued for t in batch), run_s))
 
     def close(self, timeout: float = 30.0) -> None:
         """Refuse new work, run everything already queued, then stop the workers."""
@@ -340,7 +349,7 @@ class DirectScheduler:
         out = self._run(images)
         if self._on_batch is not None:
             n = int(images.shape[0])
-            self._on_batch(BatchStats(n, n, 1, (start - enqueued,), time.perf_counter() - start))
+            _report(self._on_batch, BatchStats(n, n, 1, (start - enqueued,), time.perf_counter() - start))
         return out
 
     async def submit(self, images: np.ndarray) -> Outputs:

@@ -162,3 +162,18 @@ async def test_direct_scheduler_bounds_in_flight_and_maps_errors() -> None:
     finally:
         model.gate.set()
         d.close()
+
+
+async def test_a_failing_on_batch_hook_neither_fails_requests_nor_kills_batch_threads() -> None:
+    def broken_hook(_: BatchStats) -> None:
+        raise RuntimeError("metrics backend down")
+
+    b = DynamicBatcher(Model(), params(num_batch_threads=1, batch_timeout_micros=0), on_batch=broken_hook)
+    d = DirectScheduler(Model(), num_threads=1, max_in_flight=4, on_batch=broken_hook)
+    try:
+        for i in range(3):  # the single batch thread survives every failed hook
+            assert (await asyncio.wait_for(b.submit(images(1, i)), 10))["classes"].tolist() == [i]
+            assert (await d.submit(images(1, i)))["classes"].tolist() == [i]
+    finally:
+        b.close()
+        d.close()
