@@ -43,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=sorted(PRESETS))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    ap.add_argument("--threads", type=int, help="CPU training threads (default: torch's, one per core)")
+    ap.add_argument("--threads", type=int, help="CPU training threads (default: the config's, 1; 0 = one per core)")
     ap.add_argument("--train-only", action="store_true", help="skip export/parity/publish (no TensorFlow)")
     args = ap.parse_args()
 
@@ -51,12 +51,12 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "-"
     print(
         f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC | nproc {os.cpu_count()} | CPU {cpu_model()} | "
-        f"torch {torch.__version__} ({args.threads or torch.get_num_threads()} threads) | device {device} {gpu} | "
+        f"torch {torch.__version__} | device {device} {gpu} | "
         f"load avg {os.getloadavg()[0]:.1f}"
     )
-    header = (
-        "| preset | params | FLOPs/image | epochs | train s | pipeline s | test acc | val acc | parity max abs diff |"
-    )
+    columns = ["preset", "params", "FLOPs/image", "epochs", "threads", "train s", "pipeline s"]
+    columns += ["test acc", "val acc", "parity max abs diff"]
+    header = "| " + " | ".join(columns) + " |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for preset in args.presets:
@@ -76,11 +76,10 @@ def main() -> None:
             test_acc, val_acc = m["metrics"]["test_accuracy"], m["metrics"]["val_accuracy"]
             parity = f"{m['parity']['max_abs_diff']:.2g} (n={m['parity']['n_samples']})"
         total = time.perf_counter() - t0
-        print(
-            f"| {preset} | {params:,} | {flops / 1e6:.2f} M | {cfg.epochs} | {train_s:.1f} | {total:.1f} | "
-            f"{test_acc:.4f} | {val_acc:.4f} | {parity} |",
-            flush=True,
-        )
+        threads = cfg.threads or os.cpu_count()
+        row = [preset, f"{params:,}", f"{flops / 1e6:.2f} M", cfg.epochs, threads, f"{train_s:.1f}", f"{total:.1f}"]
+        row += [f"{test_acc:.4f}", f"{val_acc:.4f}", parity]
+        print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
     # Other processes on a shared machine inflate the times; the load average says how much was going on.
     print(f"# done, load avg {os.getloadavg()[0]:.1f}")
 

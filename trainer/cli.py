@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment-shift", type=int, help="max random translation in pixels (0 = no augmentation)")
     p.add_argument("--seed", type=int, help="seed for split, init, batch order and augmentation (default 0)")
     p.add_argument("--max-train-samples", type=int, help="cap the training set (stratified), for smoke runs")
-    p.add_argument("--threads", type=int, help="CPU threads for training (default: one per core)")
+    p.add_argument("--threads", type=int, help="CPU threads for training (default 1; 0 = one per core)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p
 

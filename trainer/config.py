@@ -60,10 +60,11 @@ class TrainConfig:
     max_train_samples: int | None = None
     # "auto" = CUDA when present, else CPU.
     device: str = "auto"
-    # CPU intra-op threads while training; None = torch's default (one per core). On a busy machine
-    # 1 avoids OpenMP oversubscription stalls: 3 small epochs took 1.7 s with 1 thread vs 29 s with 2
-    # on a 2-core box at load average 8 (benchmarks/train_presets.py --threads).
-    threads: int | None = None
+    # CPU intra-op threads while training (0 = torch's default, one per core). 1, because these convs
+    # are too small for intra-op parallelism to pay much, while extra threads on a shared machine
+    # oversubscribe the cores and OpenMP stalls: the small preset's 20 epochs took 35 s with 1 thread
+    # vs 123 s with 2 on a 2-core box at load average ~8. Use 0 on a dedicated many-core machine.
+    threads: int = 1
     # None = scikit-learn's bundled digits; else an MNIST directory of IDX files or an mnist.npz.
     data: str | None = None
 
@@ -145,8 +146,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("val_fraction and test_fraction must be in (0, 0.5)")
     if cfg.max_train_samples is not None and cfg.max_train_samples < 10:
         problems.append("max_train_samples must be >= 10 (one image per class)")
-    if cfg.threads is not None and cfg.threads < 1:
-        problems.append("threads must be >= 1")
+    if cfg.threads < 0:
+        problems.append("threads must be >= 0 (0 = one per core)")
     if cfg.device not in ("auto", "cpu", "cuda"):
         problems.append(f"device must be auto, cpu or cuda, not {cfg.device!r}")
     m = cfg.model
@@ -166,5 +167,4 @@ def smoke_config(**overrides: Any) -> TrainConfig:
     """A quick small-preset config for tests and fixtures: ~2 s of training on 2 cores, still ~98 %
     accurate on the bundled digits (other components' tests classify real images with it)."""
     # 12 epochs instead of 20: the one-cycle schedule still anneals fully; accuracy drops by about a point.
-    # One thread: test sessions share the cores with the servers they start (see TrainConfig.threads).
-    return make_config("small", **{"epochs": 12, "device": "cpu", "threads": 1, **overrides})
+    return make_config("small", **{"epochs": 12, "device": "cpu", **overrides})

@@ -113,9 +113,7 @@ def run(
                 writer.close()
         if not ctx.is_main:
             return None
-        published = export_and_publish(config, model_repository, chosen, splits, result, device, ctx)
-        published.run_dir = run_dir
-        return published
+        return export_and_publish(config, model_repository, chosen, splits, result, device, ctx, run_dir)
     finally:
         if ctx.distributed:
             import torch.distributed as dist
@@ -158,6 +156,7 @@ def export_and_publish(
     result: TrainResult,
     device: torch.device,
     ctx: DistContext,
+    run_dir: Path | None = None,
 ) -> Published:
     from trainer.export_tf import export_saved_model, import_tf
     from trainer.export_torch import export_torchscript
@@ -192,7 +191,11 @@ def export_and_publish(
                 "golden_accuracy": float(np.mean(golden["classes"] == golden["labels"])),
             },
             "parity": parity.to_dict(),
-            "training": {"device": str(device), "world_size": ctx.world_size},
+            "training": {
+                "device": str(device),
+                "world_size": ctx.world_size,
+                "tensorboard_run": str(run_dir) if run_dir is not None else None,
+            },
             "golden": {"n": n, "source": f"first {n} images of the test split"},
             "frameworks": {
                 "python": platform.python_version(),
@@ -213,7 +216,9 @@ def export_and_publish(
             (d / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
             manifests[tree] = write_manifest(d, {**common, "format": FORMATS[tree]})
         targets = commit_version(staging, repo, version)
-    return Published(version=version, paths=targets, manifest=manifests["torchscript"], manifests=manifests)
+    return Published(
+        version=version, paths=targets, manifest=manifests["torchscript"], manifests=manifests, run_dir=run_dir
+    )
 
 
 def load_golden(version_dir: Path) -> dict[str, np.ndarray]:

@@ -99,10 +99,10 @@ def deterministic(seed: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def intra_op_threads(n: int | None) -> Iterator[None]:
-    """torch.set_num_threads(n) for the duration (None = leave as is); restored afterwards."""
+def intra_op_threads(n: int) -> Iterator[None]:
+    """torch.set_num_threads(n) for the duration (0 = leave as is); restored afterwards."""
     prev = torch.get_num_threads()
-    if n is not None:
+    if n > 0:
         torch.set_num_threads(n)
     try:
         yield

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    full_env.pop("MODEL_REPOSITORY", None) if env is None or "MODEL_REPOSITORY" not in env else None
+    # A MODEL_REPOSITORY from the caller's shell must not leak in: tests name their repository.
+    full_env = {k: v for k, v in os.environ.items() if k != "MODEL_REPOSITORY"}
+    full_env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", "trainer", *args],
         cwd=ROOT,
@@ -61,6 +62,7 @@ def test_end_to_end_on_mnist_npz(tmp_path):
     assert_saved_model_contract(repo / "tensorflow/cnn/1")
     events = list(runs.rglob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].parent.name.endswith("-small-v1")
+    assert m["training"]["tensorboard_run"] == str(events[0].parent)
 
 
 def _assert_one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
