@@ -83,6 +83,7 @@ def _assert_one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
         ("existing_version", "version 3 already exists"),
         ("bad_number", "invalid int value"),
         ("bad_epochs", "epochs must be >= 1"),
+        ("cuda_missing", "no CUDA device is available"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case, needle):
@@ -114,6 +115,12 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case, needle):
         args += ["--epochs", "many"]
     elif case == "bad_epochs":
         args += ["--epochs", "0"]
+    elif case == "cuda_missing":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+        args += ["--device", "cuda"]
     r = run_cli(*args, env=env)
     _assert_one_line_error(r, needle)
     if repo.is_dir():
