@@ -55,6 +55,11 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("torch_service_in_flight_requests", "HTTP requests being handled now", registry=r)
+        self.queued = Gauge(
+            "torch_service_queued_instances",
+            "Images waiting in the batch queues (batching off: requests waiting or running)",
+            registry=r,
+        )
         self.version_available = Gauge(
             "torch_service_model_version_available",
             "1 for each model version that is loaded and serving",

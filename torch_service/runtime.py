@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +34,21 @@ class ModelRuntime:
     metrics: Metrics
     device: torch.device
     sched: SchedulerConfig
-    manager: ServableManager[TorchServable]
+    manager: ServableManager[TorchServable] = field(init=False)
+    _servables: dict[int, TorchServable] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self.manager = ServableManager(
+            name=self.settings.model_name,
+            base_path=self.settings.model_base_path,
+            loader=self._load,
+            unloader=self._unload,
+            policy=self.settings.policy,
+            poll_interval_s=self.settings.poll_interval_s,
+            on_change=self._publish_versions,
+        )
+        self.metrics.queued.set_function(self.queued_instances)
 
     @classmethod
     def build(cls, settings: Settings) -> ModelRuntime:
@@ -50,17 +65,24 @@ class ModelRuntime:
             max_request_instances=settings.max_request_instances,
             on_batch=metrics.observe_batch,
         )
-        manager: ServableManager[TorchServable] = ServableManager(
-            name=settings.model_name,
-            base_path=settings.model_base_path,
-            loader=functools.partial(load_servable, device=device, sched=sched),
-            unloader=unload_servable,
-            policy=settings.policy,
-            poll_interval_s=settings.poll_interval_s,
-        )
-        rt = cls(settings, metrics, device, sched, manager)
-        manager.on_change = rt._publish_versions
-        return rt
+        return cls(settings, metrics, device, sched)
+
+    def _load(self, path: Path, version: int) -> TorchServable:
+        servable = load_servable(path, version, device=self.device, sched=self.sched)
+        with self._lock:
+            self._servables[version] = servable
+        return servable
+
+    def _unload(self, servable: TorchServable) -> None:
+        unload_servable(servable)
+        with self._lock:
+            if self._servables.get(servable.version) is servable:
+                del self._servables[servable.version]
+
+    def queued_instances(self) -> float:
+        """Images waiting in the schedulers of every loaded version (batching off: requests in flight)."""
+        with self._lock:
+            return float(sum(s.scheduler.queued for s in self._servables.values() if s.scheduler is not None))
 
     def _publish_versions(self) -> None:
         known = [int(s["version"]) for s in self._status_or_empty()]

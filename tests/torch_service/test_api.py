@@ -246,6 +246,7 @@ def test_metrics(client: httpx.Client, golden: dict[str, np.ndarray]) -> None:
         "torch_service_inference_seconds_bucket",
         "torch_service_batch_size_bucket",
         "torch_service_in_flight_requests",
+        "torch_service_queued_instances",
     ):
         assert name in text
     assert 'torch_service_model_version_available{model="cnn",version="1"} 1.0' in text

@@ -52,16 +52,16 @@ def test_full_queue_is_503_with_retry_after_at_once_and_recovers(
     write_batching: Callable[[str], str],
     golden: dict[str, np.ndarray],
 ) -> None:
-    # Queue capacity 4 instances; a 3-instance request sits in it for 3 s (the batch timeout), so a
+    # Queue capacity 4 instances; a 3-instance request sits in it for 5 s (the batch timeout), so a
     # 2-instance request cannot fit and must be refused while the first is still waiting.
     cfg = write_batching(
-        "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 3000000 }\n"
+        "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 5000000 }\n"
         "max_enqueued_batches { value: 1 }\nnum_batch_threads { value: 1 }\n"
     )
     s = server_factory(model_repository, {"TORCH_SERVICE_BATCHING_PARAMETERS_FILE": cfg})
     with s.client() as c, ThreadPoolExecutor(1) as pool:
         slow = pool.submit(lambda: s.client().post("/v1/models/cnn:predict", json=_instances(golden, 3)))
-        _wait_for(lambda: _gauge(c, "torch_service_in_flight_requests") >= 2, what="the slow request in flight")
+        _wait_for(lambda: _gauge(c, "torch_service_queued_instances") == 3, what="the slow request in the queue")
         r = c.post("/v1/models/cnn:predict", json=_instances(golden, 2))
         assert not slow.done(), "the queued request should still be waiting for its batch timeout"
         assert r.status_code == 503
@@ -78,6 +78,7 @@ def test_full_queue_is_503_with_retry_after_at_once_and_recovers(
         # Recovered: the queue is empty again, the same request now succeeds.
         again = c.post("/v1/models/cnn:predict", json=_instances(golden, 1))
         assert again.status_code == 200
+        assert _gauge(c, "torch_service_queued_instances") == 0
         assert 'endpoint="predict",status="503"' in c.get("/metrics").text
 
 
