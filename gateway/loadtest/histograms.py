@@ -28,6 +28,17 @@ def record_s(hist: HdrHistogram, seconds: float) -> None:
     hist.record_value(min(max(us, LOWEST_US), HIGHEST_US))
 
 
+def from_seconds(values: np.ndarray) -> HdrHistogram:
+    """A histogram of many latencies (seconds) at once: one record_value call per distinct microsecond."""
+    hist = new_histogram()
+    if len(values):
+        us = np.clip(np.rint(np.asarray(values, dtype=np.float64) * 1e6), LOWEST_US, HIGHEST_US).astype(np.int64)
+        uniq, counts = np.unique(us, return_counts=True)
+        for v, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+            hist.record_value(v, c)
+    return hist
+
+
 def encode(hist: HdrHistogram) -> str:
     return hist.encode().decode("ascii")
 
