@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,16 +23,6 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -183,6 +172,7 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devstack is not an installed package
+    from devstack.machine import cpu_model
     from devstack.process import ManagedProcess, free_port
 
     repo = ensure_repository(args.model_repository)

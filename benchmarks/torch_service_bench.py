@@ -38,6 +38,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devstack.machine import cpu_model  # noqa: E402
 from devstack.process import ManagedProcess, free_port  # noqa: E402
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
@@ -202,16 +203,6 @@ async def measure(
         float(np.percentile(lat64, 99) * ms),
         (c2 - c1) / len(lat64) * ms,
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def main_async(args: argparse.Namespace) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,20 +22,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import torch
 
+from devstack.machine import cpu_model
 from trainer.config import PRESETS, make_config
 from trainer.data import load_splits
 from trainer.model import CNN, count_params, flops_per_image
 from trainer.train import DistContext, resolve_device, train
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
