@@ -160,7 +160,7 @@ def max_rate_per_worker(url: str, bodies, duration: float) -> list[tuple[float, 
     target = Target("bench", "rest", (url,), path="/v1/models/cnn:predict")
     rows = []
     with WorkerPool(1, bodies) as pool:
-        for rate in (1000, 2000, 3000, 4000, 6000, 8000, 12000):
+        for rate in (1000, 2000, 4000, 8000, 12000, 16000, 24000, 32000):
             res = pool.run(StepSpec(target, "open", rate=rate, connections=64, duration_s=duration, timeout_s=5))
             rows.append((rate, res["valid"], res["throughput_rps"], res["lag_ms"]["p99"]))
             if not res["valid"]:

@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in result["verdict"]:
         print("verdict: " + line)
+    for line in result.get("dropped_targets", []):
+        print("left out (optional): " + line)
     if not result["valid"]:
         print("INVALID RUN (generator limit): " + "; ".join(result["invalid_reasons"]))
     for f in failures:

@@ -121,6 +121,7 @@ class Runner:
         self.images = images
         self.bodies: BodySet | None = None
         self.steps: list[dict[str, Any]] = []
+        self.dropped: list[str] = []
         self.t0 = 0.0
         self.pool: WorkerPool | None = None
 
@@ -206,13 +207,20 @@ class Runner:
         """One real predict per target: a wrong address fails now with a clear message, not as errors."""
         assert self.bodies is not None
         served = {}
-        for name, target in self.targets.items():
+        for name, target in list(self.targets.items()):
             spec = self._spec(target, {"loop": "closed", "concurrency": 1}, 10.0, self.sc.seed, requests=2)
             spec = StepSpec(**{**spec.__dict__, "timeout_s": min(spec.timeout_s, 10.0)})
             res = run_step_inline(spec, self.bodies)
             if res["failed"] or not res["ok"]:
                 detail = "; ".join(res["error_samples"]) or "no answer"
-                raise PreflightError(f"target {name} ({', '.join(target.addresses)}) does not answer predict: {detail}")
+                message = f"target {name} ({', '.join(target.addresses)}) does not answer predict: {detail}"
+                if name in self.sc.optional_targets and name != self.sc.baseline_target:
+                    # An extra series (e.g. gRPC where only REST is up) is dropped, and the report says so.
+                    self.dropped.append(message)
+                    del self.targets[name]
+                    self.sc = self.sc.model_copy(update={"targets": [t for t in self.sc.targets if t != name]})
+                    continue
+                raise PreflightError(message)
             served[name] = served_version(target)
         return served
 
@@ -225,6 +233,7 @@ class Runner:
         need_grpc = any(t.protocol == "grpc" for t in self.targets.values())
         self.bodies = build_bodies(self.images, sc.load.batch_size, sc.seed, sc.pool_size, grpc=need_grpc)
         served = self.preflight()
+        sc = self.sc  # without the optional targets that did not answer
         levels = sc.levels()
         total = 0 if sc.mode == "slo_search" else len(levels) * len(sc.targets) * sc.rounds
         self.progress.update(steps_total=total, phase="warmup")
@@ -343,6 +352,7 @@ class Runner:
             "failed_requests": failed,
             "valid": not invalid,
             "invalid_reasons": invalid,
+            "dropped_targets": self.dropped,
         }
         out["verdict"] = [
             c["metrics"][m]["text"]

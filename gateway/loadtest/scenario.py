@@ -60,6 +60,8 @@ class Scenario(_Model):
     mode: Literal["compare", "sweep", "slo_search"] = "compare"
     targets: list[str] = Field(default_factory=lambda: ["torch", "tf"])
     baseline: str | None = None  # the target others are compared with (default: the first)
+    # Targets dropped (with a note in the report) instead of failing the run when they do not answer.
+    optional_targets: list[str] = Field(default_factory=list)
     load: LoadSpec = Field(default_factory=LoadSpec)
     warmup_s: float = Field(5.0, ge=0)
     duration_s: float = Field(8.0, gt=0)  # per round

@@ -58,7 +58,9 @@ def two_servers(fake_server):
 
 def test_default_comparison_writes_a_report(tmp_path, two_servers, synthetic_repo, capsys):
     torch, tf = two_servers
-    assert main(_args(tmp_path, torch, tf, "--name", "t1")) == 0
+    # tf-grpc is optional in the default scenario: a closed gRPC port drops it, the run goes on.
+    extra = ["--targets", "torch,tf,tf-grpc", "--tf-grpc-target", "127.0.0.1:9", "--name", "t1"]
+    assert main(_args(tmp_path, torch, tf, *extra)) == 0
     out = capsys.readouterr().out
     assert "p99 95% CI" in out and "report:" in out
     folder = next((tmp_path / "reports").iterdir())
@@ -66,6 +68,8 @@ def test_default_comparison_writes_a_report(tmp_path, two_servers, synthetic_rep
     report = json.loads((folder / "report.json").read_text())
     assert report["valid"] and report["failed_requests"] == 0 and report["model"]["repository_version"] == 1
     group = report["groups"][0]
+    assert set(group["targets"]) == {"torch", "tf"}
+    assert len(report["dropped_targets"]) == 1 and "tf-grpc" in report["dropped_targets"][0]
     assert group["targets"]["torch"]["accuracy"] == 1.0
     assert group["agreement"]["torch vs tf"]["rate"] == 1.0
     assert group["targets"]["torch"]["server_mean_ms"] is not None  # fake server exposes torch's metric
