@@ -35,10 +35,10 @@ class LoadTestSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_LOADTEST_", extra="ignore")
 
     reports_dir: Path = Path("reports")
-    max_duration_s: float = Field(900.0, gt=0)  # planned load time of one run, warm-ups included
-    max_rate: float = Field(5000.0, gt=0)
-    max_concurrency: int = Field(256, ge=1)
-    max_workers: int = Field(4, ge=1)
+    max_duration_s: float = Field(default=900.0, gt=0)  # planned load time of one run, warm-ups included
+    max_rate: float = Field(default=5000.0, gt=0)
+    max_concurrency: int = Field(default=256, ge=1)
+    max_workers: int = Field(default=4, ge=1)
 
 
 class ApiError(Exception):

@@ -74,7 +74,7 @@ def _digits_fallback(repo: Path) -> ImageSet:
     digits = load_digits()
     imgs = []
     for img in digits.images[:512]:
-        pil = Image.fromarray((img / 16.0 * 255).astype(np.uint8)).resize((28, 28), Image.BILINEAR)
+        pil = Image.fromarray((img / 16.0 * 255).astype(np.uint8)).resize((28, 28), Image.Resampling.BILINEAR)
         imgs.append(np.asarray(pil, dtype=np.float32)[..., None] / 255.0)
     return ImageSet(
         np.stack(imgs),

@@ -459,7 +459,7 @@ class Runner:
             comparisons.append(
                 {"base": base, "other": name, "metrics": stats.compare(boots[base], boots[name], base, name, pb, po)}
             )
-        preds = {n: {} for n in sc.targets}
+        preds: dict[str, dict[str, list[int]]] = {n: {} for n in sc.targets}
         for n, steps in steps_by_target.items():
             for s in steps:
                 for k, v in s.get("predictions", {}).items():

@@ -19,12 +19,12 @@ class _Model(BaseModel):
 
 class LoadSpec(_Model):
     loop: Literal["closed", "open"] = "closed"
-    concurrency: int = Field(4, ge=1)  # closed loop: clients
-    rate: float = Field(100.0, gt=0)  # open loop: requests/s
+    concurrency: int = Field(default=4, ge=1)  # closed loop: clients
+    rate: float = Field(default=100.0, gt=0)  # open loop: requests/s
     arrival: Literal["poisson", "constant"] = "poisson"
-    connections: int = Field(64, ge=1)  # open loop: connection cap
-    batch_size: int = Field(1, ge=1, le=1024)
-    timeout_s: float = Field(10.0, gt=0)
+    connections: int = Field(default=64, ge=1)  # open loop: connection cap
+    batch_size: int = Field(default=1, ge=1, le=1024)
+    timeout_s: float = Field(default=10.0, gt=0)
 
 
 class SweepSpec(_Model):
@@ -40,13 +40,13 @@ class SweepSpec(_Model):
 
 class SloSpec(_Model):
     p99_ms: float = Field(gt=0)
-    rate_low: float = Field(10.0, gt=0)
-    rate_high: float = Field(1000.0, gt=0)
-    iterations: int = Field(6, ge=1, le=20)
-    step_duration_s: float = Field(5.0, gt=0)
-    max_error_rate: float = Field(0.0, ge=0, le=1)
+    rate_low: float = Field(default=10.0, gt=0)
+    rate_high: float = Field(default=1000.0, gt=0)
+    iterations: int = Field(default=6, ge=1, le=20)
+    step_duration_s: float = Field(default=5.0, gt=0)
+    max_error_rate: float = Field(default=0.0, ge=0, le=1)
     # A step counts only when both halves agree on pass/fail; an unstable step is retried this often.
-    retries: int = Field(1, ge=0, le=5)
+    retries: int = Field(default=1, ge=0, le=5)
 
 
 class Thresholds(_Model):
@@ -55,27 +55,27 @@ class Thresholds(_Model):
 
 
 class Scenario(_Model):
-    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str = ""
     mode: Literal["compare", "sweep", "slo_search"] = "compare"
     targets: list[str] = Field(default_factory=lambda: ["torch", "tf"])
     baseline: str | None = None  # the target others are compared with (default: the first)
     # Targets dropped (with a note in the report) instead of failing the run when they do not answer.
     optional_targets: list[str] = Field(default_factory=list)
-    load: LoadSpec = Field(default_factory=LoadSpec)
-    warmup_s: float = Field(5.0, ge=0)
-    duration_s: float = Field(8.0, gt=0)  # per round
-    requests: int | None = Field(None, ge=1)  # per round instead of (or as well as) a duration
-    rounds: int = Field(5, ge=1)
-    workers: int = Field(1, ge=1, le=64)
+    load: LoadSpec = Field(default_factory=lambda: LoadSpec())
+    warmup_s: float = Field(default=5.0, ge=0)
+    duration_s: float = Field(default=8.0, gt=0)  # per round
+    requests: int | None = Field(default=None, ge=1)  # per round instead of (or as well as) a duration
+    rounds: int = Field(default=5, ge=1)
+    workers: int = Field(default=1, ge=1, le=64)
     seed: int = 42
-    block_s: float = Field(1.0, gt=0)
-    max_lag_ms: float = Field(50.0, gt=0)
-    bootstrap: int = Field(1000, ge=100, le=20000)
-    pool_size: int = Field(256, ge=1, le=10000)  # distinct pre-encoded bodies
+    block_s: float = Field(default=1.0, gt=0)
+    max_lag_ms: float = Field(default=50.0, gt=0)
+    bootstrap: int = Field(default=1000, ge=100, le=20000)
+    pool_size: int = Field(default=256, ge=1, le=10000)  # distinct pre-encoded bodies
     sweep: SweepSpec | None = None
     slo: SloSpec | None = None
-    thresholds: Thresholds = Field(default_factory=Thresholds)
+    thresholds: Thresholds = Field(default_factory=lambda: Thresholds())
     resources: Literal["auto", "psutil", "docker", "none"] = "auto"
     pids: dict[str, int] = Field(default_factory=dict)  # backend ("torch"/"tf") -> PID, for psutil
     containers: dict[str, str] = Field(default_factory=dict)  # backend -> container name, for docker

@@ -62,8 +62,8 @@ def timeline_charts(result: dict[str, Any], colors: dict[str, str]) -> tuple[str
             seg50, seg99, segt = [], [], []
             for b in s["blocks"]:
                 t = s["t_start"] + (b["index"] + 0.5) * block_s
-                h = H.decode(b["hist"]) if b["hist"] else None
-                n = h.get_total_count() if h else 0
+                h = H.decode(b["hist"]) if b["hist"] else H.new_histogram()
+                n = h.get_total_count()
                 if n:
                     seg50.append((t, h.get_value_at_percentile(50) / 1000.0))
                     seg99.append((t, h.get_value_at_percentile(99) / 1000.0))
@@ -76,18 +76,18 @@ def timeline_charts(result: dict[str, Any], colors: dict[str, str]) -> tuple[str
             svg.Series(f"{name} p50", p50, colors[name], dashed=True),
         ]
         thr_series.append(svg.Series(name, thr, colors[name], markers=True))
-    lat = svg.render(
+    lat_svg = svg.render(
         svg.Chart(
-            "Latency over the run (per 1-block window)",
+            "Latency over the run (one point per block)",
             svg.Axis("time since start (s)"),
             svg.Axis("latency (ms)", log=True),
             lat_series,
         )
     )
-    thr = svg.render(
+    thr_svg = svg.render(
         svg.Chart("Throughput over the run", svg.Axis("time since start (s)"), svg.Axis("responses/s"), thr_series)
     )
-    return lat, thr
+    return lat_svg, thr_svg
 
 
 def sweep_chart(result: dict[str, Any], colors: dict[str, str]) -> str | None:
