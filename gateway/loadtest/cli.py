@@ -209,10 +209,8 @@ class _ProgressLine:
                     f" | last {last['phase']} {last['target']}: {last['throughput_rps']} req/s "
                     f"p50 {p50} p99 {p99} ms failed {last['failed']}"
                 )
-            line = (
-                f"[{d['steps_done']}/{d['steps_total']}] {d['current']} "
-                f"{d['step_elapsed_s']:.0f}/{d['step_duration_s']:.0f}s{tail}"
-            )
+            timing = f" {d['step_elapsed_s']:.0f}/{d['step_duration_s']:.0f}s" if d["step_duration_s"] else ""
+            line = f"[{d['steps_done']}/{d['steps_total']}] {d['current'] or d['phase']}{timing}{tail}"
             if self.tty:
                 sys.stderr.write("\r" + line[:160].ljust(160))
                 sys.stderr.flush()
@@ -262,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in result["verdict"]:
         print("verdict: " + line)
+    for line in result.get("warnings", []):
+        print("warning: " + line)
     for line in result.get("dropped_targets", []):
         print("left out (optional): " + line)
     if not result["valid"]:

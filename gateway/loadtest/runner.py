@@ -24,6 +24,8 @@ from gateway.loadtest.engine import StepSpec, WorkerPool, run_step_inline
 from gateway.loadtest.scenario import Scenario
 from gateway.loadtest.targets import Endpoints, Target, resolve
 
+MIN_BLOCKS = 10  # below this many blocks per target, bootstrap intervals are flagged as unreliable
+
 
 class PreflightError(RuntimeError):
     """A target does not answer a predict call correctly before the run starts."""
@@ -354,6 +356,16 @@ class Runner:
             "invalid_reasons": invalid,
             "dropped_targets": self.dropped,
         }
+        # A block bootstrap over a handful of blocks underestimates the spread: say so next to the numbers.
+        few = sorted({t["blocks"] for g in groups for t in g["targets"].values() if t["blocks"] < MIN_BLOCKS})
+        out["warnings"] = (
+            [
+                f"only {few[0]} measured blocks for some target (fewer than {MIN_BLOCKS}): confidence intervals are "
+                "too narrow to trust; use more rounds or longer rounds"
+            ]
+            if few
+            else []
+        )
         out["verdict"] = [
             c["metrics"][m]["text"]
             for g in groups

@@ -70,6 +70,8 @@ def test_default_comparison_writes_a_report(tmp_path, two_servers, synthetic_rep
     group = report["groups"][0]
     assert set(group["targets"]) == {"torch", "tf"}
     assert len(report["dropped_targets"]) == 1 and "tf-grpc" in report["dropped_targets"][0]
+    # 2 rounds x 1.5 s is too few blocks for trustworthy intervals, and the report says so.
+    assert report["warnings"] and "fewer than 10" in report["warnings"][0]
     assert group["targets"]["torch"]["accuracy"] == 1.0
     assert group["agreement"]["torch vs tf"]["rate"] == 1.0
     assert group["targets"]["torch"]["server_mean_ms"] is not None  # fake server exposes torch's metric
