@@ -4,6 +4,7 @@ survivors), each asserting what it relies on."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,24 +39,39 @@ def test_torch_replica_killed_under_load_no_client_errors(stack: dict, golden: d
     body = orjson.dumps({"instances": golden["images"][:2]}, option=orjson.OPT_SERIALIZE_NUMPY)
     gw = stack["gw"]
     results: list[tuple[int, str]] = []
+    stop = threading.Event()
 
-    def worker(n: int) -> None:
+    def worker() -> None:
         with httpx.Client(base_url=gw, timeout=30) as c:
-            for _ in range(n):
+            while not stop.is_set():
                 r = c.post("/v1/models/cnn:predict?backend=torch", content=body)
                 results.append((r.status_code, r.headers.get("x-replica", r.text)))
 
+    def wait_for(count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(results) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(results) >= count, f"only {len(results)} requests answered in {timeout}s"
+
+    # The kill lands while requests are in flight (counted, not timed: a fast machine would
+    # otherwise finish the whole load before the kill), and load goes on well past it.
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(worker, 60) for _ in range(4)]
-        time.sleep(1.0)
-        victim: ManagedProcess = stack["torch_b"]
-        victim.kill()
-        for f in futures:
-            f.result()
+        futures = [pool.submit(worker) for _ in range(4)]
+        try:
+            wait_for(40)
+            victim: ManagedProcess = stack["torch_b"]
+            victim.kill()
+            killed_at = len(results)
+            wait_for(killed_at + 200)
+        finally:
+            stop.set()
+            for f in futures:
+                f.result()
     statuses = {s for s, _ in results}
     assert statuses == {200}, [r for r in results if r[0] != 200][:5]
     served = {replica for _, replica in results}
     assert stack["url_a"] in served and stack["url_b"] in served  # both took traffic before the kill
+    assert {replica for _, replica in results[killed_at + 20 :]} == {stack["url_a"]}
     doc = httpx.get(f"{gw}/v1/backends").json()
     by_addr = {r["address"]: r for r in doc["backends"]["torch"]["replicas"]}
     assert by_addr[stack["url_b"]]["in_rotation"] is False
