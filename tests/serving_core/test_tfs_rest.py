@@ -134,3 +134,37 @@ def test_metadata_shape() -> None:
     doc = model_metadata_json("cnn", 3, {"serving_default": {}})
     assert doc["model_spec"] == {"name": "cnn", "signature_name": "", "version": "3"}
     assert doc["metadata"]["signature_def"]["signature_def"] == {"serving_default": {}}
+
+
+def _general_path(body: bytes):
+    """What parse_predict_body answers when its flat fast path is not taken (a second key forces it)."""
+    doc = json.loads(body)
+    doc["signature_name"] = "serving_default"
+    return parse_predict_body(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("key", ["instances", "inputs"])
+@pytest.mark.parametrize("indent", [None, 1])
+def test_fast_path_agrees_with_general_path(n: int, key: str, indent: int | None) -> None:
+    images = np.random.default_rng(n).random((n, 28, 28, 1), dtype=np.float32)
+    body = json.dumps({key: images.tolist()}, indent=indent).encode()
+    fast, general = parse_predict_body(body), _general_path(body)
+    assert fast.format == general.format == ("row" if key == "instances" else "columnar")
+    np.testing.assert_array_equal(fast.images, general.images)
+    np.testing.assert_array_equal(fast.images, images)
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        np.zeros((1, 28, 28, 2)).tolist(),  # wrong channel count
+        np.zeros((2, 28, 27, 1)).tolist(),  # wrong width
+        [np.zeros((28, 28, 1)).tolist(), np.zeros((28, 27, 1)).tolist()],  # ragged batch
+        np.zeros((28, 28, 1)).tolist(),  # missing batch dimension
+    ],
+)
+def test_fast_path_never_accepts_what_the_general_path_rejects(tensor: list) -> None:
+    body = orjson.dumps({"instances": tensor})
+    with pytest.raises(InvalidArgument, match="shape"):
+        parse_predict_body(body)
