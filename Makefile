@@ -1,5 +1,7 @@
 # The two commands a new user needs are `make demo` and `make test` (see README.md).
 # Both create .venv and install the pinned dependencies on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -20,8 +22,9 @@ setup: $(STAMP)
 # machine gets exactly the versions the tests ran with.
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade "pip==25.3"
-	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(PY) -m pip install --quiet --upgrade "pip==25.3" 2>&1 | sed '/is ignored: it is neither/d'
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]" 2>&1 \
+		| sed '/is ignored: it is neither a file nor a directory/d'  # noise from some pip configs
 	@touch $(STAMP)
 
 demo: setup
