@@ -96,7 +96,7 @@ class GatewayMiddleware:
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 for msg in _json_error(
-                    413, f"request body of {int(length)} bytes exceeds the limit of {self.max_body}", [rid_header]
+                    413, f"Request body of {int(length)} bytes exceeds the limit of {self.max_body} bytes", [rid_header]
                 ):
                     await send(msg)
                 status_box[0] = 413
@@ -116,7 +116,7 @@ class GatewayMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
             return message
 
         return capped

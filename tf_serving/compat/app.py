@@ -90,11 +90,13 @@ def _add_model_routes(app: FastAPI, settings: Settings) -> None:
                 )
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-                raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {settings.max_body_bytes}")
+                raise PayloadTooLarge(
+                    f"Request body of {length} bytes exceeds the limit of {settings.max_body_bytes} bytes"
+                )
             body = await request.body()
             if len(body) > settings.max_body_bytes:
                 raise PayloadTooLarge(
-                    f"Request body of {len(body)} bytes exceeds the limit of {settings.max_body_bytes}"
+                    f"Request body of {len(body)} bytes exceeds the limit of {settings.max_body_bytes} bytes"
                 )
             req = tfs_rest.parse_predict_body(body)
             try:
