@@ -36,7 +36,11 @@ up: setup
 train: setup
 	$(PY) -m trainer
 
+# Static checks first (seconds), then the suite: unit, integration (real servers on loopback),
+# with Docker- and GPU-only tests skipped, each with its reason, where those are absent.
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy trainer torch_service tf_serving gateway serving_core devstack
 	$(PY) -m pytest -ra
 
 test-fast: setup

@@ -104,4 +104,4 @@ def backend_choice(query: str | None, header: str | None) -> Backend | None:
         return None
     if choice not in BACKENDS:
         raise InvalidInput(f"unknown backend {choice!r}: choose one of {', '.join(BACKENDS)}")
-    return choice  # type: ignore[return-value]
+    return choice

@@ -31,7 +31,7 @@ def check_model(model: str, version: str | None) -> None:
 
 
 def gateway(request: Request) -> Gateway:
-    return request.app.state.gateway  # type: ignore[no-any-return]
+    return request.app.state.gateway
 
 
 def log_info(request: Request) -> dict[str, Any]:
