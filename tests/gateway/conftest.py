@@ -160,3 +160,45 @@ def tf_compat(procs: Procs, repo: Path) -> tuple[ManagedProcess, str, str]:
     procs.start(proc, timeout=180)
     wait_available(url)
     return proc, url, f"127.0.0.1:{grpc}"
+
+
+def load_with_kill(
+    url: str, path: str, body: bytes, kill: Callable[[], None], *, before: int = 40, after: int = 200, threads: int = 4
+) -> tuple[list[tuple[int, str]], int]:
+    """Closed-loop load on `url + path`; `kill()` runs once `before` answers are in, and the load goes
+    on for `after` more. Counted rather than timed, so a fast machine cannot finish the whole load
+    before the kill. Returns every (status, X-Replica or body) and the index of the first answer
+    recorded after the kill."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post(path, content=body)
+                results.append((r.status_code, r.headers.get("x-replica", r.text)))
+
+    def wait_for(count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(results) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(results) >= count, f"only {len(results)} requests answered in {timeout:.0f}s"
+
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(worker) for _ in range(threads)]
+        try:
+            wait_for(before)
+            kill()
+            killed_at = len(results)
+            wait_for(killed_at + after)
+        finally:
+            stop.set()
+            for f in futures:
+                f.result()
+    return results, killed_at

@@ -4,9 +4,7 @@ survivors), each asserting what it relies on."""
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -14,7 +12,7 @@ import orjson
 import pytest
 
 from devstack.process import ManagedProcess
-from tests.gateway.conftest import Procs, gateway, tf_compat, torch_service
+from tests.gateway.conftest import Procs, gateway, load_with_kill, tf_compat, torch_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,35 +36,8 @@ def stack(module_procs: Procs, model_repository: Path) -> dict[str, object]:
 def test_torch_replica_killed_under_load_no_client_errors(stack: dict, golden: dict) -> None:
     body = orjson.dumps({"instances": golden["images"][:2]}, option=orjson.OPT_SERIALIZE_NUMPY)
     gw = stack["gw"]
-    results: list[tuple[int, str]] = []
-    stop = threading.Event()
-
-    def worker() -> None:
-        with httpx.Client(base_url=gw, timeout=30) as c:
-            while not stop.is_set():
-                r = c.post("/v1/models/cnn:predict?backend=torch", content=body)
-                results.append((r.status_code, r.headers.get("x-replica", r.text)))
-
-    def wait_for(count: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(results) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(results) >= count, f"only {len(results)} requests answered in {timeout}s"
-
-    # The kill lands while requests are in flight (counted, not timed: a fast machine would
-    # otherwise finish the whole load before the kill), and load goes on well past it.
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(worker) for _ in range(4)]
-        try:
-            wait_for(40)
-            victim: ManagedProcess = stack["torch_b"]
-            victim.kill()
-            killed_at = len(results)
-            wait_for(killed_at + 200)
-        finally:
-            stop.set()
-            for f in futures:
-                f.result()
+    victim: ManagedProcess = stack["torch_b"]
+    results, killed_at = load_with_kill(gw, "/v1/models/cnn:predict?backend=torch", body, victim.kill)
     statuses = {s for s, _ in results}
     assert statuses == {200}, [r for r in results if r[0] != 200][:5]
     served = {replica for _, replica in results}
