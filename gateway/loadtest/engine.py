@@ -185,6 +185,16 @@ def _http_factory(spec: StepSpec):
     return make
 
 
+async def _send(
+    conn: HttpConnection | None, grpc_client: GrpcClient | None, bodies: BodySet, body_idx: int
+) -> tuple[float, Any]:
+    """One request over whichever client this step uses; returns (actual send time, classes)."""
+    if conn is not None:
+        return await conn.request(bodies.rest[body_idx])
+    assert grpc_client is not None
+    return await grpc_client.request(bodies.grpc[body_idx])
+
+
 async def _closed_loop(
     spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_client: GrpcClient | None, cancel: threading.Event | None
 ) -> None:
@@ -209,11 +219,7 @@ async def _closed_loop(
                 rec.sent += 1
                 t0 = time.perf_counter()
                 try:
-                    if conn is not None:
-                        sent, classes = await conn.request(bodies.rest[body_idx])
-                    else:
-                        assert grpc_client is not None
-                        sent, classes = await grpc_client.request(bodies.grpc[body_idx])
+                    sent, classes = await _send(conn, grpc_client, bodies, body_idx)
                     rec.record(body_idx, bodies, sent, sent, time.perf_counter(), classes, None)
                 except RequestFailed as exc:
                     rec.record(body_idx, bodies, t0, t0, time.perf_counter(), None, exc)
@@ -278,11 +284,7 @@ async def _open_loop(
                 conn = await idle.get()
         t0 = time.perf_counter()
         try:
-            if conn is not None:
-                sent, classes = await conn.request(bodies.rest[body_idx])
-            else:
-                assert grpc_client is not None
-                sent, classes = await grpc_client.request(bodies.grpc[body_idx])
+            sent, classes = await _send(conn, grpc_client, bodies, body_idx)
             rec.record(body_idx, bodies, intended, sent, time.perf_counter(), classes, None)
         except RequestFailed as exc:
             rec.record(body_idx, bodies, intended, t0, time.perf_counter(), None, exc)
