@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from gateway.api import backends, classify, compare, health, predict
 from gateway.errors import install_handlers
+from gateway.fastpath import PredictFastPath
 from gateway.loadtest.api import build_router as build_loadtest_router
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware
@@ -41,7 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gateway = gw
     app.state.settings = settings
 
-    # Middleware: request id, API keys, body cap, metrics and access log in one ASGI layer.
+    # Middleware, innermost first (Starlette wraps each added layer around the previous ones): the
+    # predict fast path, then request id, API keys, body cap, metrics and access log in one layer.
+    app.add_middleware(PredictFastPath, gateway=gw)
     app.add_middleware(
         GatewayMiddleware,
         api_keys=settings.api_keys,

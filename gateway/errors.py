@@ -6,6 +6,7 @@ client sees the same codes through the gateway as it would calling a backend dir
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 import orjson
@@ -15,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from serving_core.errors import ServingError
+
+log = logging.getLogger("gateway")
 
 
 class GatewayError(Exception):
@@ -91,17 +94,35 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     )
 
 
+def domain_error(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
+    """(status, message, extra headers) for the gateway's and the model servers' own errors, else None.
+
+    Used by the exception handlers below and by the predict fast path (gateway/fastpath.py), which runs
+    outside FastAPI's exception middleware, so both answer every error alike.
+    """
+    if isinstance(exc, GatewayError):
+        return exc.status, exc.message, ({"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None)
+    if isinstance(exc, ServingError):
+        return exc.http_status, exc.message, None
+    return None
+
+
+def error_for(exc: Exception) -> tuple[int, str, dict[str, str] | None]:
+    """Like domain_error, with anything else (a bug) answered as a 500 in the same JSON shape and logged."""
+    mapped = domain_error(exc)
+    if mapped is not None:
+        return mapped
+    log.error("unhandled error", exc_info=exc)
+    return 500, f"Internal error in the gateway ({type(exc).__name__}); see its log", None
+
+
 def install_handlers(app: FastAPI) -> None:
     """The one place where exceptions become HTTP answers."""
 
-    async def gateway_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return error_response(exc.status, exc.message, headers)
-
-    async def serving_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServingError)
-        return error_response(exc.http_status, exc.message)
+    async def domain(_: Request, exc: Exception) -> Response:
+        mapped = domain_error(exc)
+        assert mapped is not None
+        return error_response(*mapped)
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -113,7 +134,12 @@ def install_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(400, f"{where}: {first.get('msg', 'invalid request')}")
 
-    app.add_exception_handler(GatewayError, gateway_error)
-    app.add_exception_handler(ServingError, serving_error)
+    async def internal(_: Request, exc: Exception) -> Response:
+        return error_response(*error_for(exc))
+
+    app.add_exception_handler(GatewayError, domain)
+    app.add_exception_handler(ServingError, domain)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    # Starlette's last-resort handler (ServerErrorMiddleware): a bug still answers {"error": ...}.
+    app.add_exception_handler(Exception, internal)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Sub-millisecond to seconds: the gateway's own overhead is ~0.1-1 ms, a stuck backend takes seconds.
@@ -43,6 +45,15 @@ class Metrics:
             ["backend", "replica"],
             registry=self.registry,
         )
+
+        self._upstream_series: dict[str, Any] = {}
+
+    def observe_upstream(self, backend: str, seconds: float) -> None:
+        # The labelled child is cached: prometheus_client's labels() lookup costs microseconds per call.
+        series = self._upstream_series.get(backend)
+        if series is None:
+            series = self._upstream_series[backend] = self.upstream_latency.labels(backend)
+        series.observe(seconds)
 
     def upstream_error(self, backend: str, replica: str, kind: str) -> None:
         self.upstream_errors.labels(backend, replica, kind).inc()

@@ -118,8 +118,12 @@ def validate_images(arr: np.ndarray, max_batch_size: int | None = None) -> np.nd
 # only, the numbers are parsed as ONE flat JSON list and the nesting is checked separately on the
 # bracket skeleton. Anything else (other keys, objects, odd values, wrong shape) takes the general
 # path below, which also writes every error message, so both paths accept and reject alike.
-_FAST_BODY = re.compile(rb'^\s*\{\s*"(instances|inputs)"\s*:\s*(\[[-+0-9.eE,\s\[\]]*\])\s*\}\s*$')
-_NUMBER_CHARS = b"0123456789.-+eE \t\n\r"
+# Only the few bytes before the tensor go through a regex: scanning the whole 10 KB body with one
+# (as this path first did) cost 14 us of its 70; the skeleton comparison already rejects any byte
+# that is not a digit, sign, point, exponent, JSON whitespace, comma or bracket.
+_FAST_HEAD = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"(instances|inputs)"[ \t\n\r]*:[ \t\n\r]*')
+_JSON_SPACE = b" \t\n\r"
+_NUMBER_CHARS = b"0123456789.-+eE" + _JSON_SPACE
 _INSTANCE_VALUES = int(np.prod(contract.INSTANCE_SHAPE))
 
 
@@ -135,17 +139,20 @@ _INSTANCE_SKELETON = _skeleton(contract.INSTANCE_SHAPE)
 
 
 def _fast_parse(body: bytes, max_batch_size: int | None) -> PredictRequest | None:
-    m = _FAST_BODY.match(body)
+    m = _FAST_HEAD.match(body)
     if m is None:
         return None
-    tensor = m.group(2)
+    tail = body[m.end() :].rstrip(_JSON_SPACE)
+    if not tail.endswith(b"}"):
+        return None
+    tensor = tail[:-1].rstrip(_JSON_SPACE)
     skeleton = tensor.translate(None, _NUMBER_CHARS)
     # A batch of n instances has the skeleton "[" + n copies joined by "," + "]".
     n, rest = divmod(len(skeleton) - 1, len(_INSTANCE_SKELETON) + 1)
     if n < 1 or rest or skeleton != b"[" + b",".join([_INSTANCE_SKELETON] * n) + b"]":
         return None
     try:
-        flat = orjson.loads(b"[" + tensor.replace(b"[", b"").replace(b"]", b"") + b"]")
+        flat = orjson.loads(b"[" + tensor.translate(None, b"[]") + b"]")
         arr = np.asarray(flat, dtype=np.float32)
     except (orjson.JSONDecodeError, ValueError, TypeError):
         return None

@@ -55,7 +55,7 @@ async def classify(request: Request) -> Response:
     images = await run_in_threadpool(preprocess, data, gw.settings.max_image_pixels)
     result = await pool.predict(gw.settings.model_name, None, from_images(images), None)
     info["replica"] = result.replica
-    gw.metrics.upstream_latency.labels(pool.name).observe(result.latency_ms / 1000.0)
+    gw.metrics.observe_upstream(pool.name, result.latency_ms / 1000.0)
     probs = np.asarray(result.outputs()[OUTPUT_PROBABILITIES], dtype=np.float32)[0]
     doc = {
         "label": int(np.argmax(probs)),

@@ -85,7 +85,7 @@ async def compare(request: Request) -> Response:
         except GatewayError as exc:
             backends[name] = _failure(exc)
             continue
-        gw.metrics.upstream_latency.labels(name).observe(result.latency_ms / 1000.0)
+        gw.metrics.observe_upstream(name, result.latency_ms / 1000.0)
         backends[name] = {
             "ok": True,
             "version": result.version,

@@ -1,11 +1,19 @@
-"""`POST /v1/models/{name}[/versions/{n}]:predict`: TF Serving's predict, routed to one backend."""
+"""`POST /v1/models/{name}[/versions/{n}]:predict`: TF Serving's predict, routed to one backend.
+
+`serve_predict` is the whole endpoint. Requests normally reach it through the pure-ASGI fast path
+(gateway/fastpath.py), which skips FastAPI's routing, dependency solving and Response objects; the
+FastAPI routes below call the same function, so the OpenAPI docs describe exactly what is served.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from gateway.api.deps import check_model, chosen_pool, gateway, log_info, parse_body
+from gateway.api.deps import check_model, gateway, log_info, parse_body
+from gateway.service import Gateway, backend_choice
 
 router = APIRouter(tags=["predict"])
 
@@ -16,19 +24,25 @@ _DOC = (
 )
 
 
-async def _predict(request: Request, model: str, version: str | None) -> Response:
-    info = log_info(request)
+async def serve_predict(
+    gw: Gateway,
+    info: dict[str, Any],
+    model: str,
+    version: str | None,
+    query_backend: str | None,
+    header_backend: str | None,
+    body: bytes,
+) -> tuple[bytes, dict[str, str]]:
+    """Validate, forward to the chosen backend, answer (JSON body, headers). Raises domain errors."""
     info["endpoint"] = "predict"
-    pool = chosen_pool(request)
+    pool = gw.pool(backend_choice(query_backend, header_backend))
     info["backend"] = pool.name
     check_model(model, version)
-    gw = gateway(request)
-    body = await request.body()
     req = await parse_body(body, gw.settings.max_batch_size)
     # REST upstreams get the client's own bytes (already validated); gRPC gets the parsed tensor.
     result = await pool.predict(model, version, req, body if pool.protocol == "rest" else None)
     info["replica"] = result.replica
-    gw.metrics.upstream_latency.labels(pool.name).observe(result.latency_ms / 1000.0)
+    gw.metrics.observe_upstream(pool.name, result.latency_ms / 1000.0)
     headers = {
         "x-backend": pool.name,
         "x-upstream-latency-ms": f"{result.latency_ms:.3f}",
@@ -36,7 +50,20 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
     }
     if result.version is not None:
         headers["x-model-version"] = result.version
-    return Response(result.json_body(), media_type="application/json", headers=headers)
+    return result.json_body(), headers
+
+
+async def _predict(request: Request, model: str, version: str | None) -> Response:
+    content, headers = await serve_predict(
+        gateway(request),
+        log_info(request),
+        model,
+        version,
+        request.query_params.get("backend"),
+        request.headers.get("x-backend"),
+        await request.body(),
+    )
+    return Response(content, media_type="application/json", headers=headers)
 
 
 @router.post("/v1/models/{model}:predict", summary="Predict (latest version)", description=_DOC)

@@ -185,3 +185,42 @@ def test_loadtests_router_is_mounted_behind_the_api_keys(
         r = c.get("/v1/loadtests", headers={"Authorization": "Bearer k"})
         assert r.status_code == 200 and r.json() == {"loadtests": []}
         assert "/v1/loadtests" in c.get("/openapi.json").json()["paths"]
+
+
+def test_predict_fast_path_answers_as_the_fastapi_routes_do() -> None:
+    """Predict is served by a pure-ASGI layer (gateway/fastpath.py); the FastAPI routes that document it
+    call the same function. The same requests through an app without that layer must answer alike."""
+    from gateway.fastpath import PredictFastPath
+
+    requests: list[tuple[str, bytes, dict[str, str]]] = [
+        ("/v1/models/cnn:predict?backend=torch", orjson.dumps({"instances": IMG}), {}),  # unreachable: 503
+        ("/v1/models/cnn/versions/3:predict", orjson.dumps({"instances": IMG}), {"x-backend": "tf"}),
+        ("/v1/models/cnn:predict?backend=tf&backend=onnx", orjson.dumps({"instances": IMG}), {}),
+        ("/v1/models/cnn:predict?backend=", orjson.dumps({"instances": IMG}), {"x-backend": "nope"}),
+        ("/v1/models/cnn/versions/0:predict", orjson.dumps({"instances": IMG}), {}),
+        ("/v1/models/cn%20n:predict", orjson.dumps({"instances": IMG}), {}),
+        ("/v1/models/cnn:predict", b"", {}),
+        ("/v1/models/cnn:predict", b'{"instances": [', {}),
+        ("/v1/models/cnn:predict", orjson.dumps({"instances": np.zeros((9, 28, 28, 1)).tolist()}), {}),
+        ("/v1/models/cnn:predict", orjson.dumps({"inputs": [[["x"]]]}), {}),
+        ("/v1/models/a/b:predict", orjson.dumps({"instances": IMG}), {}),  # not a predict path: 404 from routing
+    ]
+    settings = Settings(
+        torch_urls=[unused_url()],
+        tf_grpc_targets=[unused_target()],
+        health_timeout_s=0.2,
+        max_batch_size=8,
+    )
+    fast_app, plain_app = create_app(settings), create_app(settings)
+    plain_app.user_middleware = [m for m in plain_app.user_middleware if m.cls is not PredictFastPath]
+    assert len(plain_app.user_middleware) == len(fast_app.user_middleware) - 1
+    with TestClient(fast_app) as fast, TestClient(plain_app) as plain:
+        for path, body, headers in requests:
+            a, b = fast.post(path, content=body, headers=headers), plain.post(path, content=body, headers=headers)
+            assert (a.status_code, a.json()) == (b.status_code, b.json()), path
+            assert a.status_code >= 400 and "error" in a.json()
+            assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
+            assert len(a.headers["x-request-id"]) == 32
+        assert fast.get("/metrics").text.count('endpoint="predict"') == plain.get("/metrics").text.count(
+            'endpoint="predict"'
+        )

@@ -168,3 +168,51 @@ def test_fast_path_never_accepts_what_the_general_path_rejects(tensor: list) -> 
     body = orjson.dumps({"instances": tensor})
     with pytest.raises(InvalidArgument, match="shape"):
         parse_predict_body(body)
+
+
+def _one_image_body(first_leaf: str = "[0.5]", prefix: str = "", suffix: str = "") -> bytes:
+    """A valid one-image row body whose first [28, 28, 1] leaf and surroundings are replaced by text."""
+    leaves = ", ".join([first_leaf] + ["[0.25]"] * 27)
+    rows = ", ".join([f"[{leaves}]"] + ["[" + ", ".join(["[0.25]"] * 28) + "]"] * 27)
+    return f'{prefix}{{"instances": [[{rows}]]}}{suffix}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("first_leaf", "prefix", "suffix"),
+    [
+        ("[+0.5]", "", ""),  # JSON has no leading plus
+        ("[01]", "", ""),  # nor leading zeros
+        ("[.5]", "", ""),
+        ("[5.]", "", ""),
+        ("[1e]", "", ""),
+        ("[--1]", "", ""),
+        ("[0.5 0.5]", "", ""),  # two numbers, no comma: same skeleton as one
+        ("[]", "", ""),  # an empty leaf: same skeleton as a full one
+        ("[0.5]", "", "\x0c"),  # form feed is not JSON whitespace
+        ("[0.5]", "\x0b", ""),
+        ("[0.5]", "", "}"),  # trailing garbage
+        ("[0.5]", "", " x"),
+        ("[1e39]", "", ""),  # valid JSON, but infinite once float32
+        ("[NaN]", "", ""),
+    ],
+)
+def test_fast_path_rejects_exactly_what_json_and_validation_reject(first_leaf: str, prefix: str, suffix: str) -> None:
+    from serving_core.tfs_rest import _fast_parse
+
+    body = _one_image_body(first_leaf, prefix, suffix)
+    assert parse_predict_body(_one_image_body()).images.shape == (1, 28, 28, 1)  # the unmutated body is fine
+    with pytest.raises(InvalidArgument):
+        parse_predict_body(body)
+    if first_leaf != "[1e39]":  # that one parses and then fails validation, inside the fast path
+        assert _fast_parse(body, None) is None
+
+
+def test_fast_path_accepts_json_whitespace_around_the_tensor() -> None:
+    body = _one_image_body(prefix=" \r\n\t", suffix="\n \t\r")
+    spaced = body.replace(b'{"instances": ', b'{ \n"instances"\t:\r\n ')
+    from serving_core.tfs_rest import _fast_parse
+
+    for raw in (body, spaced):
+        fast = _fast_parse(raw, None)
+        assert fast is not None
+        np.testing.assert_array_equal(fast.images, _general_path(raw).images)
