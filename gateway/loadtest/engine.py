@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from gateway.loadtest import histograms as H
+from gateway.loadtest import rawhttp
 from gateway.loadtest.data import BodySet
-from gateway.loadtest.targets import GrpcClient, HttpConnection, RequestFailed, Target
+from gateway.loadtest.targets import ERR_PROTOCOL, GrpcClient, HttpConnection, RequestFailed, Target, parse_rest_classes
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,24 @@ class StepSpec:
 
     def for_worker(self, index: int, count: int, start_at: float) -> StepSpec:
         return replace(self, worker_index=index, worker_count=count, start_at=start_at)
+
+
+# (classes or None when the batch size is wrong, images, correct, golden checked, golden agreeing)
+AnswerCheck = tuple[list[int] | None, int, int, int, int]
+
+
+def check_answer(body_idx: int, bodies: BodySet, classes: list[int]) -> AnswerCheck:
+    """An answer's classes against the labels (accuracy under load) and the golden predictions."""
+    expected = bodies.expected_labels[body_idx]
+    if len(classes) != len(expected):
+        return None, 0, 0, 0, 0
+    correct = sum(1 for a, b in zip(classes, expected, strict=True) if a == b)
+    golden_checked = golden_agree = 0
+    if bodies.expected_classes is not None:
+        golden = bodies.expected_classes[body_idx]
+        golden_checked = len(classes)
+        golden_agree = sum(1 for a, b in zip(classes, golden, strict=True) if a == b)
+    return classes, len(classes), correct, golden_checked, golden_agree
 
 
 class _Recorder:
@@ -95,20 +114,24 @@ class _Recorder:
                 self.error_samples.append(str(error)[:300])
             return
         assert classes is not None
+        self.record_checked(body_idx, when, sent, done, check_answer(body_idx, bodies, classes))
+
+    def record_checked(self, body_idx: int, when: float, sent: float, done: float, check: AnswerCheck) -> None:
+        """A successful answer whose check_answer() is known (the same body answered the same before)."""
+        if done > self.last_done:
+            self.last_done = done
         self.ok += 1
         self.lat_s.append(done - when)
         self.svc_s.append(done - sent)
         self.when_s.append(when - self.start)
-        expected = bodies.expected_labels[body_idx]
-        if len(classes) != len(expected):
+        classes, images, correct, golden_checked, golden_agree = check
+        if classes is None:
             self.errors["wrong_batch"] += 1
             return
-        self.images += len(classes)
-        self.correct += sum(1 for a, b in zip(classes, expected, strict=True) if a == b)
-        if bodies.expected_classes is not None:
-            golden = bodies.expected_classes[body_idx]
-            self.golden_checked += len(classes)
-            self.golden_agree += sum(1 for a, b in zip(classes, golden, strict=True) if a == b)
+        self.images += images
+        self.correct += correct
+        self.golden_checked += golden_checked
+        self.golden_agree += golden_agree
         self.predictions.setdefault(body_idx, classes)
 
     def result(self, end: float) -> dict[str, Any]:
@@ -154,8 +177,26 @@ def _body_sequence(spec: StepSpec, bodies: BodySet) -> np.ndarray:
     return bodies.sequence(spec.seed, min(n, 1_000_000))
 
 
+def _uses_raw_sockets(spec: StepSpec) -> bool:
+    # REST closed loop: the epoll/blocking-socket core of rawhttp, whose per-request cost is a fraction
+    # of asyncio's (futures, tasks, StreamReader). The open loop stays on asyncio, whose timers keep the
+    # schedule without spinning a core; gRPC stays on grpc.aio.
+    return spec.target.protocol == "rest" and spec.loop == "closed"
+
+
+def run_step_blocking(spec: StepSpec, bodies: BodySet, cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Run one step in this thread (no event loop of the caller's is used) and return its result."""
+    if _uses_raw_sockets(spec):
+        return _run_raw_closed_loop(spec, bodies, cancel)
+    with asyncio.Runner(loop_factory=_loop_factory(spec.target)) as runner:
+        return runner.run(run_step(spec, bodies, cancel))
+
+
 async def run_step(spec: StepSpec, bodies: BodySet, cancel: threading.Event | None = None) -> dict[str, Any]:
-    """Run one step in this process's event loop and return its (JSON-able) result."""
+    """Run one step from an event loop and return its (JSON-able) result."""
+    if _uses_raw_sockets(spec):
+        # The raw-socket loop blocks its thread: keep it off the caller's event loop.
+        return await asyncio.to_thread(_run_raw_closed_loop, spec, bodies, cancel)
     start = spec.start_at if spec.start_at is not None else time.perf_counter() + 0.05
     now = time.perf_counter()
     if start > now:
@@ -172,6 +213,59 @@ async def run_step(spec: StepSpec, bodies: BodySet, cancel: threading.Event | No
     finally:
         if grpc_client is not None:
             await grpc_client.close()
+    return rec.result(time.perf_counter())
+
+
+def _run_raw_closed_loop(spec: StepSpec, bodies: BodySet, cancel: threading.Event | None) -> dict[str, Any]:
+    start = spec.start_at if spec.start_at is not None else time.perf_counter() + 0.05
+    now = time.perf_counter()
+    if start > now:
+        time.sleep(start - now)
+    rec = _Recorder(spec, start)
+    seq = _body_sequence(spec, bodies).tolist()
+    per_worker = _share(spec.concurrency, spec.worker_index, spec.worker_count)
+    limit = _share(spec.requests, spec.worker_index, spec.worker_count) if spec.requests else None
+    # Worker k takes request numbers k, k+W, k+2W...: the merged run sends the sequence in order.
+    numbers = itertools.count(spec.worker_index, spec.worker_count)
+    addrs = spec.target.addresses
+    encoded = {a: rawhttp.encode_posts(a, spec.target.path, bodies.rest) for a in addrs}
+    # Connection i of worker k goes to replica (k + i) mod R, as the asyncio client's did.
+    slots = [addrs[(spec.worker_index + i) % len(addrs)] for i in range(per_worker)]
+
+    def issue() -> int:
+        if limit is not None and rec.sent >= limit:
+            return -1
+        rec.sent += 1
+        return seq[next(numbers) % len(seq)]
+
+    # Answers already checked, by (body, answer bytes): a server answers the same body the same way
+    # almost always, and parsing plus checking it again would cost the generator's core ~2 us each.
+    checked: dict[tuple[int, bytes], AnswerCheck] = {}
+
+    def complete(idx: int, sent: float, done: float, status: int, body: bytes) -> None:
+        # Runs after the response's timestamp was taken: checking the answer is not latency.
+        if status != 200:
+            error = RequestFailed(f"http_{status}", body[:200].decode(errors="replace"))
+            rec.record(idx, bodies, sent, sent, done, None, error)
+            return
+        check = checked.get((idx, body))
+        if check is None:
+            try:
+                classes = parse_rest_classes(body)
+            except (ValueError, KeyError, TypeError):
+                error = RequestFailed(ERR_PROTOCOL, f"unexpected body: {body[:120]!r}")
+                rec.record(idx, bodies, sent, sent, done, None, error)
+                return
+            check = check_answer(idx, bodies, classes)
+            if len(checked) < 4096:  # bounded: a server whose answers vary must not grow it forever
+                checked[(idx, body)] = check
+        rec.record_checked(idx, sent, sent, done, check)
+
+    def fail(idx: int, started: float, done: float, error: RequestFailed) -> None:
+        rec.record(idx, bodies, started, started, done, None, error)
+
+    loop = rawhttp.ClosedLoop([(a, encoded[a]) for a in slots], spec.timeout_s, issue, complete, fail)
+    loop.run(rec.start + spec.duration_s, cancel)
     return rec.result(time.perf_counter())
 
 
@@ -417,8 +511,7 @@ def _worker_main(conn: Any, bodies: BodySet) -> None:
             return
         spec: StepSpec = msg[1]
         try:
-            with asyncio.Runner(loop_factory=_loop_factory(spec.target)) as runner:
-                conn.send(("ok", runner.run(run_step(spec, bodies))))
+            conn.send(("ok", run_step_blocking(spec, bodies)))
         except Exception as exc:  # reported to the parent, which fails the run with the message
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -488,11 +581,17 @@ class WorkerPool:
         self.close()
 
 
-def run_step_inline(spec: StepSpec, bodies: BodySet) -> dict[str, Any]:
-    """One step in this thread with a fresh event loop (tests, and runs with workers=0)."""
-    with asyncio.Runner(loop_factory=_loop_factory(spec.target)) as runner:
-        part = runner.run(run_step(spec, bodies))
-    return merge_results([part], spec)
+def run_step_inline(spec: StepSpec, bodies: BodySet, cancel: threading.Event | None = None) -> dict[str, Any]:
+    """One step in this thread (tests, and runs with workers=0), merged as a one-worker run."""
+    return merge_results([run_step_blocking(spec, bodies, cancel)], spec)
 
 
-__all__ = ["StepCancelled", "StepSpec", "WorkerPool", "merge_results", "run_step", "run_step_inline"]
+__all__ = [
+    "StepCancelled",
+    "StepSpec",
+    "WorkerPool",
+    "merge_results",
+    "run_step",
+    "run_step_blocking",
+    "run_step_inline",
+]

@@ -3,7 +3,9 @@
 `classes` is read back from the image itself (round(pixel[0,0,0] * 10)), so the tests' synthetic
 images carry their labels and accuracy checks are real. Options: fixed delay (asyncio.sleep, so
 requests overlap), one whole-server stall (time.sleep on the loop: nothing is served meanwhile),
-wrong answers, and a Prometheus histogram like torch_service's.
+wrong answers, an error status, chunked answers, closing keep-alive connections after a number of
+answers (silently, or announced with `Connection: close`), and a Prometheus histogram like
+torch_service's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class State:
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st: State) -> None:
+    answered = 0
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -79,15 +82,25 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st:
                 out = orjson.dumps({"predictions": preds})
                 status = b"200 OK"
             st.lat_sum += time.perf_counter() - t0
-            writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\nContent-Type: application/json\r\nContent-Length: "
-                + str(len(out)).encode()
-                + b"\r\n\r\n"
-                + out
-            )
+            answered += 1
+            closing = bool(st.args.close_after) and answered >= st.args.close_after
+            head = b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+            if closing and st.args.close_header:
+                head += b"Connection: close\r\n"
+            if st.args.chunked:
+                # Two chunks (the second with an extension) and an empty trailer section.
+                half = len(out) // 2
+                a, b = out[:half], out[half:]
+                writer.write(
+                    head
+                    + b"Transfer-Encoding: chunked\r\n\r\n"
+                    + b"%x\r\n%s\r\n%x;ext=1\r\n%s\r\n0\r\n\r\n" % (len(a), a, len(b), b)
+                )
+            else:
+                writer.write(head + b"Content-Length: " + str(len(out)).encode() + b"\r\n\r\n" + out)
             await writer.drain()
+            if closing:
+                return  # a keep-alive connection closed by the server (finally: closes it)
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
     finally:
@@ -109,6 +122,9 @@ def main() -> None:
     parser.add_argument("--stall-s", type=float, default=1.0)
     parser.add_argument("--status", type=int, default=200)
     parser.add_argument("--shift", type=int, default=0, help="add this to every class (wrong answers)")
+    parser.add_argument("--chunked", action="store_true", help="answer predicts with chunked transfer coding")
+    parser.add_argument("--close-after", type=int, default=0, help="close each connection after N predict answers")
+    parser.add_argument("--close-header", action="store_true", help="announce that close with Connection: close")
     asyncio.run(main_async(parser.parse_args()))
 
 
