@@ -1,14 +1,16 @@
 """Our load generator next to wrk against one trivial local endpoint, and its highest rate per worker.
 
-    .venv/bin/python benchmarks/loadgen_vs_wrk.py [--duration 8]
+    .venv/bin/python benchmarks/loadgen_vs_wrk.py [--duration 8] [--rounds 3]
 
 1. A minimal asyncio HTTP server (a separate process) answers every POST at once with a fixed
    TF-Serving-style body, so the client side is what is measured.
-2. Closed loop at the same concurrency, one after the other: wrk (1 thread), our engine (1 worker
-   process, raw asyncio streams), and once httpx.AsyncClient (the alternative the engine does not
-   use). Four settings: 1 and 8 connections against an instant answer (where the generator's own
-   per-request cost is all there is to see), and 1 and 8 connections against a 2 ms answer (a server that
-   does some work, the case the tool is for). Printed: throughput, p50/p99, our p50 against wrk's.
+2. Closed loop at the same concurrency, wrk (1 thread) and our engine (1 worker process; REST closed
+   loop on raw sockets, gateway/loadtest/rawhttp.py) taking turns on the same server, `--rounds`
+   times each (wrk, ours, ours, wrk, ...), and once httpx.AsyncClient (the alternative the engine does
+   not use). Four settings: 1 and 8 connections against an instant answer (where the generator's own
+   per-request cost is all there is to see), and 1 and 8 connections against a 2 ms answer (a server
+   that does some work, the case the tool is for). Printed: each measurement, then per setting the
+   median p50 of each client and ours against wrk's.
 3. Open loop with one worker at rising rates: the highest rate our own lag detector still calls
    valid is the generator's maximum rate per worker process.
 
@@ -24,6 +26,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,7 +163,7 @@ def max_rate_per_worker(url: str, bodies, duration: float) -> list[tuple[float, 
     target = Target("bench", "rest", (url,), path="/v1/models/cnn:predict")
     rows = []
     with WorkerPool(1, bodies) as pool:
-        for rate in (1000, 2000, 4000, 8000, 12000, 16000, 24000, 32000):
+        for rate in (2000, 4000, 8000, 16000, 24000, 32000, 48000, 64000):
             res = pool.run(StepSpec(target, "open", rate=rate, connections=64, duration_s=duration, timeout_s=5))
             rows.append((rate, res["valid"], res["throughput_rps"], res["lag_ms"]["p99"]))
             if not res["valid"]:
@@ -184,6 +187,7 @@ def start_server(port: int, delay_ms: float) -> subprocess.Popen:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of each client per setting")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -215,31 +219,43 @@ def main() -> int:
         port = free_port()
         server = start_server(port, delay_ms)
         url = f"http://127.0.0.1:{port}"
+        p50s: dict[str, list[float]] = {"wrk": [], "ours": []}
+
+        def show(name: str, r: dict[str, float], delay_ms: float = delay_ms, conns: int = conns) -> None:
+            print(
+                f"{delay_ms:10.0f}ms {conns:5d}  {name:34s} {r['throughput_rps']:9.0f} {r['p50']:8.3f} "
+                f"{r['p99']:8.3f}" + (f"  ({r['failed']} failed)" if r.get("failed") else ""),
+                flush=True,
+            )
+
         try:
-            rows = []
-            wrk = run_wrk(url + "/v1/models/cnn:predict", body, conns, args.duration)
-            if wrk is not None:
-                rows.append(("wrk 1 thread", wrk))
-            ours = run_ours(url, bodies, conns, args.duration)
-            rows.append(("gateway.loadtest 1 worker (raw)", ours))
+            for i in range(args.rounds):
+                # Alternate who goes first, so a slow drift of the machine favours neither.
+                order = ("wrk", "ours") if i % 2 == 0 else ("ours", "wrk")
+                for who in order:
+                    if who == "wrk":
+                        wrk = run_wrk(url + "/v1/models/cnn:predict", body, conns, args.duration)
+                        if wrk is not None:
+                            p50s["wrk"].append(wrk["p50"])
+                            show("wrk 1 thread", wrk)
+                    else:
+                        ours = run_ours(url, bodies, conns, args.duration)
+                        p50s["ours"].append(ours["p50"])
+                        show("gateway.loadtest 1 worker", ours)
             if (delay_ms, conns) == (0.0, 8):
-                rows.append(("httpx.AsyncClient (for contrast)", run_httpx(url, body, conns, args.duration)))
-            for name, r in rows:
-                print(
-                    f"{delay_ms:10.0f}ms {conns:5d}  {name:34s} {r['throughput_rps']:9.0f} {r['p50']:8.3f} "
-                    f"{r['p99']:8.3f}"
-                )
-            if wrk is not None:
-                comparisons.append((delay_ms, conns, ours["p50"] / wrk["p50"] - 1, ours["p50"] - wrk["p50"]))
+                show("httpx.AsyncClient (for contrast)", run_httpx(url, body, conns, args.duration))
+            if p50s["wrk"]:
+                comparisons.append((delay_ms, conns, statistics.median(p50s["ours"]), statistics.median(p50s["wrk"])))
         finally:
             server.terminate()
             server.wait(5)
-    print()
-    for delay_ms, conns, rel, diff in comparisons:
+    print(f"\nmedians over {args.rounds} measurements each:")
+    for delay_ms, conns, ours_p50, wrk_p50 in comparisons:
+        rel = ours_p50 / wrk_p50 - 1
         verdict = "within" if abs(rel) <= 0.15 else "OUTSIDE"
         print(
-            f"server delay {delay_ms:g} ms, {conns} conns: our p50 vs wrk's {rel:+.1%} ({diff * 1000:+.0f} us), "
-            f"{verdict} 15%"
+            f"server delay {delay_ms:g} ms, {conns} conns: p50 ours {ours_p50:.3f} ms, wrk {wrk_p50:.3f} ms: "
+            f"{rel:+.1%} ({(ours_p50 - wrk_p50) * 1000:+.0f} us), {verdict} 15%"
         )
 
     port = free_port()

@@ -5,6 +5,9 @@ Open loop: requests leave on a schedule (constant or seeded Poisson) whether or 
 answered; latency counts from the INTENDED send time (no coordinated omission) and the service time
 (actual send -> response) is kept beside it. The dispatcher measures its own lateness against the
 schedule, so a generator that cannot keep up marks the step invalid instead of blaming the server.
+
+Clients: REST closed loop on raw sockets (rawhttp.py, no asyncio per request); REST open loop on
+asyncio streams; gRPC on grpc.aio.
 """
 
 from __future__ import annotations
@@ -292,6 +295,7 @@ async def _send(
 async def _closed_loop(
     spec: StepSpec, bodies: BodySet, rec: _Recorder, grpc_client: GrpcClient | None, cancel: threading.Event | None
 ) -> None:
+    # gRPC (REST closed loops take _run_raw_closed_loop; this still serves REST if called directly).
     seq = _body_sequence(spec, bodies)
     end = rec.start + spec.duration_s
     per_worker = _share(spec.concurrency, spec.worker_index, spec.worker_count)

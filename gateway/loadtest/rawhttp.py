@@ -59,6 +59,9 @@ class _Malformed(Exception):
     pass
 
 
+_HEADS: dict[bytes, tuple[int, int]] = {}  # keep-alive, Content-Length heads: (status, length)
+
+
 def frame_response(buf: bytes, eof: bool) -> tuple[int, bytes, bool, int] | None:
     """(status, body, server closes, bytes used) once `buf` holds a whole response; None until then.
 
@@ -67,6 +70,15 @@ def frame_response(buf: bytes, eof: bool) -> tuple[int, bytes, bool, int] | None
     """
     head_end = buf.find(b"\r\n\r\n")
     if head_end >= 0:
+        # A server repeats its response head byte for byte (a Date header changes once a second):
+        # a head seen before is framed with one dictionary look-up.
+        known = _HEADS.get(buf[:head_end])
+        if known is not None:
+            status, length = known
+            end = head_end + 4 + length
+            if len(buf) < end:
+                return None
+            return status, buf[head_end + 4 : end], False, end
         # The usual answer (HTTP/1.1, Content-Length, neither Connection nor Transfer-Encoding) in as
         # few steps as Python allows: this runs once per response on the generator's only core.
         head = buf[:head_end].lower()
@@ -84,6 +96,9 @@ def frame_response(buf: bytes, eof: bool) -> tuple[int, bytes, bool, int] | None
             except ValueError:
                 raise _Malformed(f"bad status line or Content-Length: {head[:200]!r}") from None
             if status >= 200 and status not in (204, 304):
+                if len(_HEADS) >= 1024:
+                    _HEADS.clear()
+                _HEADS[buf[:head_end]] = (status, length)
                 end = head_end + 4 + length
                 if len(buf) < end:
                     return None
@@ -427,14 +442,15 @@ class ClosedLoop:
 
     def _next(self, c: _Conn, end: float, cancel: threading.Event | None) -> None:
         """Take the next request for this connection, or retire it."""
-        idx = self.issue() if time.perf_counter() < end and (cancel is None or not cancel.is_set()) else -1
+        now = time.perf_counter()
+        idx = self.issue() if now < end and (cancel is None or not cancel.is_set()) else -1
         if idx < 0:
             c.state = DONE
             self._close(c)
             return
         c.idx = idx
         c.retried = False
-        c.started = time.perf_counter()
+        c.started = now
         self._send(c, end, cancel)
 
     def _send(self, c: _Conn, end: float, cancel: threading.Event | None) -> None:

@@ -154,8 +154,9 @@ def parse_rest_classes(body: bytes) -> list[int]:
 class HttpConnection:
     """One keep-alive HTTP/1.1 connection over asyncio streams, sending pre-encoded request heads.
 
-    Measured in benchmarks/loadgen_vs_wrk.py: this costs a fraction of httpx's per-request CPU, which
-    is what decides how much load one generator core can offer.
+    The open loop's REST client (its schedule runs on asyncio timers); the closed loop uses the
+    cheaper raw-socket core in rawhttp.py. Either costs a fraction of httpx's per-request CPU, which
+    is what decides how much load one generator core can offer (benchmarks/loadgen_vs_wrk.py).
     """
 
     def __init__(self, base_url: str, path: str, timeout_s: float):
