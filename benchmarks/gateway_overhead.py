@@ -1,9 +1,15 @@
 """Gateway overhead: latency through the gateway minus latency straight to the backend, side by side.
 
-Starts torch_service, the TF-Serving-compatible server (REST + gRPC) and two gateways (TF upstream over
-gRPC, the default, and over REST) on free loopback ports, warms every path up, then for each backend and
-concurrency sends the same request alternately in rounds straight to the backend and through the
-gateway (same client, same body, interleaved in time) and prints p50/p99 of both and their difference.
+Starts torch_service, the TF-Serving-compatible server (REST + gRPC), two gateways (TF upstream over
+gRPC, the default, and over REST) and a plain TCP relay on free loopback ports, warms every path up,
+then for each case and concurrency sends the same request alternately in rounds straight to the
+backend and through the front (same body, interleaved in time) and prints p50/p99 of both and their
+difference, plus the gateway's CPU time per request.
+
+Cases: torch via REST; tf via the gateway's gRPC upstream compared with a client calling TF's REST API
+directly and with one calling its gRPC API directly (grpc.aio, what the gateway itself uses); tf via
+the REST upstream; and torch behind a TCP relay that only copies bytes: the floor of ANY extra
+user-space hop on this machine, which the gateway's overhead includes too.
 
     python benchmarks/gateway_overhead.py [--requests 2000] [--concurrency 1,64] [--batch 1]
 
@@ -19,9 +25,11 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import orjson
@@ -38,9 +46,11 @@ from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[ManagedProcess], dict[str, str]]:
     quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "MODEL_REPOSITORY": str(repo)}
-    tp, rp, gp, gwp, gwr = free_port(), free_port(), free_port(), free_port(), free_port()
+    tp, rp, gp, gwp, gwr, rl = free_port(), free_port(), free_port(), free_port(), free_port(), free_port()
     urls = {
         "torch": f"http://127.0.0.1:{tp}",
+        "tf_grpc": f"127.0.0.1:{gp}",
+        "relay": f"http://127.0.0.1:{rl}",
         "tf": f"http://127.0.0.1:{rp}",
         "gateway": f"http://127.0.0.1:{gwp}",
         "gateway_tf_rest": f"http://127.0.0.1:{gwr}",
@@ -87,6 +97,14 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
             )
             for name, protocol in (("gateway", "grpc"), ("gateway_tf_rest", "rest"))
         ),
+        ManagedProcess(
+            name="relay",
+            argv=[sys.executable, str(Path(__file__).resolve()), "--relay", str(rl), str(tp)],
+            ready_url=None,
+            log_path=log_dir / "relay.log",
+            env=quiet,
+            cwd=ROOT,
+        ),
     ]
     for p in procs:
         p.start()
@@ -106,12 +124,69 @@ async def wait_both_ready(gateway: str, timeout: float = 120) -> None:
     raise TimeoutError("gateway never saw both backends ready")
 
 
-async def run_path(pool: Http1Pool, path: str, body: bytes, n: int, concurrency: int) -> list[float]:
-    """n requests with `concurrency` in flight; latencies in ms. Every answer is checked.
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
 
-    The client is the gateway's own lean HTTP/1.1 pool (one write per call, kept-alive connections):
-    a heavier client would eat the two cores the servers under test need and blur the difference.
-    """
+
+def relay(port: int, upstream_port: int) -> None:
+    """A TCP relay that copies bytes both ways and understands nothing: the cheapest extra hop there is."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(serve())
+
+
+Call = Callable[[], Awaitable[None]]
+
+
+def http_call(pool: Http1Pool, path: str, body: bytes) -> Call:
+    """One predict over the gateway's own lean HTTP/1.1 pool (one write per call, kept-alive
+    connections): a heavier client would eat the two cores the servers under test need."""
+
+    async def call() -> None:
+        r = await pool.request("POST", path, body)
+        if r.status != 200 or not r.content.startswith(b'{"predictions"'):
+            raise RuntimeError(f"{path}: HTTP {r.status}: {r.content[:200]!r}")
+
+    return call
+
+
+def grpc_call(target: str, batch: np.ndarray) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """One Predict over grpc.aio, built the way the gateway's gRPC upstream builds it; and a closer."""
+    from gateway.upstreams.grpc import GrpcTransport
+
+    transport = GrpcTransport(timeout_s=30.0, health_timeout_s=5.0)
+    request = transport.build_request("cnn", None, batch)
+    channel = grpc.aio.insecure_channel(target)
+    stub = channel.unary_unary(
+        "/tensorflow.serving.PredictionService/Predict",
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=transport._predict_pb2.PredictResponse.FromString,
+    )
+
+    async def call() -> None:
+        resp = await stub(request, timeout=30.0)
+        if "classes" not in resp.outputs:
+            raise RuntimeError(f"gRPC Predict answered without classes: {resp}")
+
+    return call, channel.close
+
+
+async def run_path(call: Call, n: int, concurrency: int) -> list[float]:
+    """n calls with `concurrency` in flight; latencies in ms. Every answer is checked by `call`."""
     latencies: list[float] = []
     remaining = n
 
@@ -120,10 +195,8 @@ async def run_path(pool: Http1Pool, path: str, body: bytes, n: int, concurrency:
         while remaining > 0:
             remaining -= 1
             t0 = time.perf_counter()
-            r = await pool.request("POST", path, body)
+            await call()
             latencies.append((time.perf_counter() - t0) * 1000.0)
-            if r.status != 200 or not r.content.startswith(b'{"predictions"'):
-                raise RuntimeError(f"{path}: HTTP {r.status}: {r.content[:200]!r}")
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies
@@ -145,31 +218,48 @@ async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[
     body = orjson.dumps(
         {"instances": rng.random((args.batch, 28, 28, 1), dtype=np.float32)}, option=orjson.OPT_SERIALIZE_NUMPY
     )
-    pools = {name: Http1Pool(url, max_connections=256, connect_timeout_s=5) for name, url in urls.items()}
-    # case -> (direct server, direct path), (gateway server, gateway path)
-    cases = {
-        "torch (REST)": (("torch", "/v1/models/cnn:predict"), ("gateway", "/v1/models/cnn:predict?backend=torch")),
-        "tf (gRPC)": (("tf", "/v1/models/cnn:predict"), ("gateway", "/v1/models/cnn:predict?backend=tf")),
-        "tf (REST)": (("tf", "/v1/models/cnn:predict"), ("gateway_tf_rest", "/v1/models/cnn:predict?backend=tf")),
+    pools = {
+        name: Http1Pool(url, max_connections=256, connect_timeout_s=5)
+        for name, url in urls.items()
+        if url and url.startswith("http")
     }
-    cases = {k: v for k, v in cases.items() if v[1][0] in urls}
+    predict = "/v1/models/cnn:predict"
+    calls: dict[str, Call] = {name: http_call(pool, predict, body) for name, pool in pools.items()}
+    closers = []
+    if "tf_grpc" in urls:
+        images = orjson.loads(body)["instances"]
+        calls["tf_grpc"], close = grpc_call(urls["tf_grpc"], np.asarray(images, dtype=np.float32))
+        closers.append(close)
+    for name, backend in (("gateway", "torch"), ("gateway", "tf"), ("gateway_tf_rest", "tf")):
+        if name in pools:
+            calls[f"{name}?{backend}"] = http_call(pools[name], f"{predict}?backend={backend}", body)
+    # case -> (direct call, call through the front, the front's process for its CPU time)
+    cases = {
+        "torch (REST)": ("torch", "gateway?torch", "gateway"),
+        "tf (gRPC) vs direct REST": ("tf", "gateway?tf", "gateway"),
+        "tf (gRPC) vs direct gRPC": ("tf_grpc", "gateway?tf", "gateway"),
+        "tf (REST)": ("tf", "gateway_tf_rest?tf", "gateway_tf_rest"),
+        "torch via TCP relay (floor)": ("torch", "relay", "relay"),
+    }
+    cases = {k: v for k, v in cases.items() if v[0] in calls and v[1] in calls}
     gw_procs = {name: psutil.Process(pid) for name, pid in gw_pids.items()}
     rows = []
-    for direct, through in cases.values():  # warm-up: connections, graph caches, batching threads
-        for server, path in (direct, through):
-            await run_path(pools[server], path, body, args.warmup, 4)
+    for direct, through, _ in cases.values():  # warm-up: connections, graph caches, batching threads
+        for name in (direct, through):
+            await run_path(calls[name], args.warmup, 4)
     for concurrency in args.concurrency:
-        for backend, (direct, through) in cases.items():
-            gw_proc = gw_procs.get(through[0])
+        for backend, (direct, through, front) in cases.items():
+            gw_proc = gw_procs.get(front)
             lat: dict[str, list[float]] = {"direct": [], "gateway": []}
             gw_cpu = 0.0
             per_round = max(concurrency, args.requests // args.rounds)
             for r in range(args.rounds):
                 # Alternate which path goes first so drift (other load on the machine) hits both alike.
                 for which in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
-                    server, path = direct if which == "direct" else through
                     before = cpu_s(gw_proc)
-                    lat[which] += await run_path(pools[server], path, body, per_round, concurrency)
+                    lat[which] += await run_path(
+                        calls[direct if which == "direct" else through], per_round, concurrency
+                    )
                     if which == "gateway":
                         gw_cpu += cpu_s(gw_proc) - before
             row: dict[str, object] = {"backend": backend, "concurrency": concurrency, "n": len(lat["gateway"])}
@@ -179,7 +269,7 @@ async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[
             row["gateway_cpu_ms"] = gw_cpu * 1000.0 / len(lat["gateway"])
             rows.append(row)
             print(
-                f"{backend:12s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
+                f"{backend:28s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
                 f"p99 {row['direct_p99']:7.3f} | gateway p50 {row['gateway_p50']:7.3f} "
                 f"p99 {row['gateway_p99']:7.3f} | overhead p50 {row['overhead_p50']:+7.3f} "
                 f"p99 {row['overhead_p99']:+7.3f} ms | gateway CPU {row['gateway_cpu_ms']:.3f} ms/request",
@@ -187,13 +277,15 @@ async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[
             )
     for pool in pools.values():
         await pool.aclose()
+    for close in closers:
+        await close()
     return rows
 
 
 def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [
         "| backend (gateway upstream) | concurrency | direct p50 / p99 (ms) | via gateway p50 / p99 (ms) "
-        "| overhead p50 / p99 (ms) | gateway CPU per request (ms) |",
+        "| overhead p50 / p99 (ms) | gateway (or relay) CPU per request (ms) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
@@ -206,6 +298,9 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--relay"]:  # the relay process this script starts (see start_stack)
+        relay(int(sys.argv[2]), int(sys.argv[3]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000, help="per path, backend and concurrency")
     ap.add_argument("--rounds", type=int, default=10, help="interleaved direct/gateway rounds")
@@ -223,13 +318,15 @@ def main() -> int:
     )
     ap.add_argument("--torch-url")
     ap.add_argument("--tf-url")
+    ap.add_argument("--tf-grpc", help="host:port of TF Serving's gRPC API (the direct-gRPC baseline)")
     ap.add_argument("--gateway-url")
     args = ap.parse_args()
 
     procs: list[ManagedProcess] = []
     try:
         if args.gateway_url:
-            urls = {"torch": args.torch_url, "tf": args.tf_url, "gateway": args.gateway_url}
+            given = {"torch": args.torch_url, "tf": args.tf_url, "tf_grpc": args.tf_grpc, "gateway": args.gateway_url}
+            urls = {name: url for name, url in given.items() if url}
         else:
             repo = args.model_repository.resolve()
             version, trained = ensure_model(repo)
@@ -247,7 +344,7 @@ def main() -> int:
             f"access log {'on' if args.access_log else 'off'}",
             flush=True,
         )
-        gw_pids = {p.name: p.proc.pid for p in procs if p.name.startswith("gateway") and p.proc}
+        gw_pids = {p.name: p.proc.pid for p in procs if p.name.startswith(("gateway", "relay")) and p.proc}
         rows = uvloop.run(measure(urls, args, gw_pids))
         print()
         print(markdown(rows, args))
