@@ -396,8 +396,12 @@ class ClosedLoop:
             for c in self.conns:
                 self._next(c, end, cancel)
             next_sweep = time.perf_counter() + SWEEP_S
+            answers: list[tuple[_Conn, int, float, float, int, bytes]] = []
             while True:
                 events = ep.poll(SWEEP_S)
+                # Three passes over what is ready: read every answer (each timestamped as it is read),
+                # then send each connection's next request, then check the answers. Sending between
+                # reads would delay the later answers' timestamps by a send system call each.
                 for fd, mask in events:
                     found = self.by_fd.get(fd)
                     if found is None:
@@ -407,11 +411,17 @@ class ClosedLoop:
                         if mask & select.EPOLLOUT and c.out is not None:
                             self._write_more(c, end, cancel)
                         else:
-                            self._read(c, end, cancel)
+                            self._read(c, end, cancel, answers)
                     elif c.state == CONNECTING:
                         self._connected(c, end, cancel)
                     else:
                         self._close(c)  # a readable idle socket: the server hung up; nothing to read
+                if answers:
+                    for answer in answers:
+                        self._next(answer[0], end, cancel)
+                    for _c, idx, sent, done, status, body in answers:
+                        self.complete(idx, sent, done, status, body)
+                    answers.clear()
                 now = time.perf_counter()
                 if now >= next_sweep:
                     next_sweep = now + SWEEP_S
@@ -526,7 +536,13 @@ class ClosedLoop:
         c.state = BACKOFF
         c.wake_at = time.perf_counter() + CONNECT_BACKOFF_S
 
-    def _read(self, c: _Conn, end: float, cancel: threading.Event | None) -> None:
+    def _read(
+        self,
+        c: _Conn,
+        end: float,
+        cancel: threading.Event | None,
+        answers: list[tuple[_Conn, int, float, float, int, bytes]],
+    ) -> None:
         assert c.sock is not None
         try:
             n = c.sock.recv_into(self._rbuf)
@@ -555,14 +571,12 @@ class ClosedLoop:
             self._next(c, end, cancel)
             return
         status, body, close, used = framed
-        idx, sent = c.idx, c.sent
         c.used = True
         if close or used != len(c.buf):
             self._close(c)
         c.buf = b""
-        # The next request leaves before this answer is checked: checking is the client's own time.
-        self._next(c, end, cancel)
-        self.complete(idx, sent, done, status, body)
+        c.state = IDLE
+        answers.append((c, c.idx, c.sent, done, status, body))
 
     def _broken(self, c: _Conn, exc: OSError, end: float, cancel: threading.Event | None) -> None:
         self._close(c)
