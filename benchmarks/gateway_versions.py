@@ -1,0 +1,166 @@
+"""Two versions of the gateway side by side: this working tree against an earlier git revision.
+
+    python benchmarks/gateway_versions.py --baseline <git-ref> [--delay-ms 2] [--rounds 16] [--per-round 200]
+
+Both gateways run at once in front of one stand-in backend (an asyncio server that answers every
+predict after --delay-ms with a fixed TF-Serving body, so the backend's own noise is out of the
+picture), and one client sends the same predict body at concurrency 1 to the backend directly and to
+each gateway, in interleaved rounds whose order alternates. Printed per path: p50, the overhead over
+the direct call, and the gateway process's CPU time per request. The baseline is checked out into a
+temporary git worktree and run from there with this checkout's virtual environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import psutil
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devstack.process import ManagedProcess, free_port  # noqa: E402
+from gateway.upstreams.http1 import Http1Pool  # noqa: E402
+
+ANSWER = orjson.dumps({"predictions": [{"probabilities": [0.1] * 10, "classes": 3}]})
+STATUS = orjson.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {}}]})
+
+
+def serve_backend(port: int, delay_s: float) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(line[15:]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), 0
+                )
+                await reader.readexactly(length)
+                body = STATUS if head.startswith(b"GET") else ANSWER
+                if delay_s and body is ANSWER:
+                    await asyncio.sleep(delay_s)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+                )
+                writer.write(body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+async def measure(urls: dict[str, str], pids: dict[str, int], rounds: int, per_round: int) -> None:
+    body = orjson.dumps(
+        {"instances": np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32)},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    pools = {name: Http1Pool(url, max_connections=4, connect_timeout_s=5) for name, url in urls.items()}
+    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    path = "/v1/models/cnn:predict?backend=torch"
+    lat: dict[str, list[float]] = {name: [] for name in pools}
+    cpu = dict.fromkeys(pids, 0.0)
+    for pool in pools.values():  # warm-up
+        for _ in range(300):
+            await pool.request("POST", path, body)
+    for r in range(rounds):
+        for name in list(pools) if r % 2 == 0 else list(reversed(pools)):
+            before = procs[name].cpu_times() if name in procs else None
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                resp = await pools[name].request("POST", path, body)
+                lat[name].append(time.perf_counter() - t0)
+                if resp.status != 200:
+                    raise RuntimeError(f"{name}: HTTP {resp.status}: {resp.content[:200]!r}")
+            if before is not None:
+                after = procs[name].cpu_times()
+                cpu[name] += after.user - before.user + after.system - before.system
+    direct = float(np.median(lat["direct"]))
+    for name, values in lat.items():
+        p50 = float(np.median(values))
+        line = f"{name:10s} p50 {p50 * 1e3:7.3f} ms  overhead {(p50 - direct) * 1e3:+7.3f} ms"
+        if name in cpu:
+            line += f"  gateway CPU {cpu[name] / len(values) * 1e3:.3f} ms/request"
+        print(line, flush=True)
+    for pool in pools.values():
+        await pool.aclose()
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--backend"]:
+        serve_backend(int(sys.argv[2]), float(sys.argv[3]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", required=True, help="git revision to compare this working tree with")
+    ap.add_argument("--delay-ms", type=float, default=2.0, help="the stand-in backend's time per predict")
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--per-round", type=int, default=200)
+    args = ap.parse_args()
+    worktree = Path(tempfile.mkdtemp(prefix="gateway-baseline-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.baseline], check=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="gateway-versions-"))
+    backend_port = free_port()
+    urls = {"direct": f"http://127.0.0.1:{backend_port}"}
+    procs = [
+        ManagedProcess(
+            name="backend",
+            argv=[
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--backend",
+                str(backend_port),
+                str(args.delay_ms / 1e3),
+            ],
+            ready_url=None,
+            log_path=log_dir / "backend.log",
+        )
+    ]
+    for name, tree in (("baseline", worktree), ("current", ROOT)):
+        port = free_port()
+        urls[name] = f"http://127.0.0.1:{port}"
+        procs.append(
+            ManagedProcess.python_module(
+                name,
+                "gateway",
+                ready_url=f"{urls[name]}/readyz",
+                log_dir=log_dir,
+                env={
+                    "PYTHONPATH": str(tree),
+                    "GATEWAY_PORT": str(port),
+                    "GATEWAY_TORCH_URLS": urls["direct"],
+                    "GATEWAY_TF_PROTOCOL": "rest",
+                    "GATEWAY_TF_REST_URLS": urls["direct"],
+                },
+                cwd=tree,
+            )
+        )
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.wait_ready(120)
+        print(f"# baseline {args.baseline}, backend delay {args.delay_ms} ms, concurrency 1, {os.cpu_count()} CPUs")
+        pids = {p.name: p.proc.pid for p in procs if p.name != "backend" and p.proc}
+        uvloop.run(measure(urls, pids, args.rounds, args.per_round))
+    finally:
+        for p in reversed(procs):
+            p.stop(grace=5)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
