@@ -10,11 +10,12 @@ import contextlib
 import os
 import signal
 import socket
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from devstack.process import ManagedProcess, ServiceFailed, http_ok
 from devstack.settings import StackSettings
@@ -140,6 +141,7 @@ class Stack:
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     # Process-group ids of everything started, kept to sweep stragglers after the leaders exit.
     _groups: list[int] = field(default_factory=list)
+    _hurry: bool = False
 
     def start(self) -> Stack:
         check_ports_free(self.settings)
@@ -171,16 +173,41 @@ class Stack:
                 )
 
     def stop(self) -> None:
-        # Reverse start order: the gateway stops taking calls before its backends go away.
-        for proc in reversed(list(self.processes.values())):
-            with contextlib.suppress(Exception):
-                proc.stop(grace=self.settings.stop_grace_s)
-        # A leader that exited on SIGTERM may leave children behind (worker processes, a server
-        # started by a wrapper); SIGKILL whatever is left in each group.
+        # A second Ctrl-C (or SIGTERM) while the services drain must not cut this cleanup short and
+        # leave some running: it ends the grace period instead, with SIGKILL to every group at once.
+        with self._signals_end_grace():
+            # Reverse start order: the gateway stops taking calls before its backends go away.
+            for proc in reversed(list(self.processes.values())):
+                with contextlib.suppress(Exception):
+                    proc.stop(grace=0.0 if self._hurry else self.settings.stop_grace_s)
+            # A leader that exited on SIGTERM may leave children behind (worker processes, a server
+            # started by a wrapper); SIGKILL whatever is left in each group.
+            self._kill_groups()
+            self._groups.clear()
+
+    def _kill_groups(self) -> None:
         for pgid in self._groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
-        self._groups.clear()
+
+    @contextlib.contextmanager
+    def _signals_end_grace(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # handlers can only be set from the main thread; nothing to guard elsewhere
+            return
+        self._hurry = False
+
+        def hurry(signum: int, frame: FrameType | None) -> None:
+            self._hurry = True
+            self._kill_groups()
+
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, hurry) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def urls(self) -> dict[str, str]:
         s = self.settings

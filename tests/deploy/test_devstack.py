@@ -244,6 +244,28 @@ def test_make_up_stops_every_process_on_a_signal(cli_env: dict[str, str], tmp_pa
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_a_second_signal_during_shutdown_still_stops_everything(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """An impatient second Ctrl-C while the services drain ends their grace period; it must not
+    abandon the cleanup half-way (it did: the services not yet stopped were left running)."""
+    log = tmp_path / "up.log"
+    proc = _start_cli(["up", "--ports", "auto"], cli_env, log)
+    try:
+        _wait_for_line(proc, log, "Ctrl-C stops everything", timeout=300)
+        tree = _tree(proc.pid)
+        assert len(tree) >= 4, "devstack plus three services"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # the gateway is draining now; the backends have not been signalled yet
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        _assert_all_gone(tree)
+        assert "every process the stack started has been stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_writes_the_report_and_stops_everything(cli_env: dict[str, str], tmp_path: Path) -> None:
