@@ -221,6 +221,12 @@ def test_predict_fast_path_answers_as_the_fastapi_routes_do() -> None:
             assert a.status_code >= 400 and "error" in a.json()
             assert a.headers["content-type"] == b.headers["content-type"] == "application/json"
             assert len(a.headers["x-request-id"]) == 32
+        # A valid body sent in chunks (no Content-Length) is read whole and validated: the backend is
+        # unreachable, so 503 and not a 400 about the body.
+        valid = orjson.dumps({"instances": IMG})
+        for c in (fast, plain):
+            r = c.post("/v1/models/cnn:predict", content=iter([valid[:100], valid[100:2000], valid[2000:]]))
+            assert r.status_code == 503 and "unavailable" in r.json()["error"]
         assert fast.get("/metrics").text.count('endpoint="predict"') == plain.get("/metrics").text.count(
             'endpoint="predict"'
         )
