@@ -12,6 +12,14 @@ the REST upstream; and torch behind a TCP relay that only copies bytes: the floo
 user-space hop on this machine, which the gateway's overhead includes too.
 
     python benchmarks/gateway_overhead.py [--requests 2000] [--concurrency 1,64] [--batch 1]
+    python benchmarks/gateway_overhead.py --client wrk [--wrk-duration 3]
+
+The client is this script's own (the gateway's lean HTTP/1.1 pool on uvloop, and grpc.aio for the
+direct-gRPC case) or, with --client wrk, wrk (benchmarks/wrkrun.py): a C client that needs ~10 us of
+CPU per request where ours needs ~100 us, which on a 2-core machine at concurrency 1 shares the cores
+(and their caches) with the three servers under test. With wrk each round is one wrk run per path;
+the overhead is the median over rounds of (through p50 - direct p50), each pair run back to back.
+wrk speaks HTTP only, so the direct-gRPC case is left out there.
 
 A stack that is already running can be measured instead: --torch-url, --tf-url and --gateway-url.
 """
@@ -22,6 +30,7 @@ import argparse
 import asyncio
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +47,8 @@ import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import wrkrun  # noqa: E402  (benchmarks/ itself is on sys.path when this file runs)
 
 from devstack.ensure_model import ensure_model  # noqa: E402
 from devstack.process import ManagedProcess, free_port  # noqa: E402
@@ -113,15 +124,16 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
     return procs, urls
 
 
-async def wait_both_ready(gateway: str, timeout: float = 120) -> None:
+async def wait_ready(gateway: str, backends: list[str], timeout: float = 120) -> str:
+    """Wait until the gateway has every backend in `backends` ready; returns its TF upstream protocol."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as c:
         while time.monotonic() < deadline:
-            doc = (await c.get(f"{gateway}/readyz")).json()
-            if all(doc.get("backends", {}).values()):
-                return
+            doc = (await c.get(f"{gateway}/v1/backends")).json()["backends"]
+            if all(doc[b]["ready"] for b in backends):
+                return str(doc["tf"]["protocol"])
             await asyncio.sleep(0.3)
-    raise TimeoutError("gateway never saw both backends ready")
+    raise TimeoutError(f"gateway {gateway} never saw {' and '.join(backends)} ready")
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -213,7 +225,9 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[str, int]) -> list[dict[str, object]]:
+async def measure(
+    urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[str, int], tf_protocols: dict[str, str]
+) -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
     body = orjson.dumps(
         {"instances": rng.random((args.batch, 28, 28, 1), dtype=np.float32)}, option=orjson.OPT_SERIALIZE_NUMPY
@@ -224,20 +238,24 @@ async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[
         if url and url.startswith("http")
     }
     predict = "/v1/models/cnn:predict"
+    # name -> the URL an HTTP client posts to (wrk), and the call this script makes itself
+    targets = {name: f"{url}{predict}" for name, url in urls.items() if url.startswith("http")}
     calls: dict[str, Call] = {name: http_call(pool, predict, body) for name, pool in pools.items()}
     closers = []
-    if "tf_grpc" in urls:
+    if "tf_grpc" in urls and args.client == "python":
         images = orjson.loads(body)["instances"]
         calls["tf_grpc"], close = grpc_call(urls["tf_grpc"], np.asarray(images, dtype=np.float32))
         closers.append(close)
     for name, backend in (("gateway", "torch"), ("gateway", "tf"), ("gateway_tf_rest", "tf")):
         if name in pools:
             calls[f"{name}?{backend}"] = http_call(pools[name], f"{predict}?backend={backend}", body)
+            targets[f"{name}?{backend}"] = f"{urls[name]}{predict}?backend={backend}"
+    upstream = "gRPC" if tf_protocols.get("gateway", "grpc") == "grpc" else "REST"
     # case -> (direct call, call through the front, the front's process for its CPU time)
     cases = {
         "torch (REST)": ("torch", "gateway?torch", "gateway"),
-        "tf (gRPC) vs direct REST": ("tf", "gateway?tf", "gateway"),
-        "tf (gRPC) vs direct gRPC": ("tf_grpc", "gateway?tf", "gateway"),
+        f"tf ({upstream}) vs direct REST": ("tf", "gateway?tf", "gateway"),
+        f"tf ({upstream}) vs direct gRPC": ("tf_grpc", "gateway?tf", "gateway"),
         "tf (REST)": ("tf", "gateway_tf_rest?tf", "gateway_tf_rest"),
         "torch via TCP relay (floor)": ("torch", "relay", "relay"),
     }
@@ -246,27 +264,15 @@ async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[
     rows = []
     for direct, through, _ in cases.values():  # warm-up: connections, graph caches, batching threads
         for name in (direct, through):
-            await run_path(calls[name], args.warmup, 4)
+            await run_path(calls[name], args.warmup, 4)  # every answer checked here, whichever client follows
     for concurrency in args.concurrency:
         for backend, (direct, through, front) in cases.items():
             gw_proc = gw_procs.get(front)
-            lat: dict[str, list[float]] = {"direct": [], "gateway": []}
-            gw_cpu = 0.0
-            per_round = max(concurrency, args.requests // args.rounds)
-            for r in range(args.rounds):
-                # Alternate which path goes first so drift (other load on the machine) hits both alike.
-                for which in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
-                    before = cpu_s(gw_proc)
-                    lat[which] += await run_path(
-                        calls[direct if which == "direct" else through], per_round, concurrency
-                    )
-                    if which == "gateway":
-                        gw_cpu += cpu_s(gw_proc) - before
-            row: dict[str, object] = {"backend": backend, "concurrency": concurrency, "n": len(lat["gateway"])}
-            for q in (50, 99):
-                d, g = pct(lat["direct"], q), pct(lat["gateway"], q)
-                row |= {f"direct_p{q}": d, f"gateway_p{q}": g, f"overhead_p{q}": g - d}
-            row["gateway_cpu_ms"] = gw_cpu * 1000.0 / len(lat["gateway"])
+            if args.client == "wrk":
+                row = measure_wrk(targets[direct], targets[through], body, concurrency, args, gw_proc)
+            else:
+                row = await measure_python(calls[direct], calls[through], concurrency, args, gw_proc)
+            row = {"backend": backend, "concurrency": concurrency, **row}
             rows.append(row)
             print(
                 f"{backend:28s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
@@ -280,6 +286,69 @@ async def measure(urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[
     for close in closers:
         await close()
     return rows
+
+
+async def measure_python(
+    direct: Call, through: Call, concurrency: int, args: argparse.Namespace, gw_proc: psutil.Process | None
+) -> dict[str, object]:
+    """This script's client: all latencies of every round pooled, then percentiles of each path."""
+    lat: dict[str, list[float]] = {"direct": [], "gateway": []}
+    gw_cpu = 0.0
+    per_round = max(concurrency, args.requests // args.rounds)
+    for r in range(args.rounds):
+        # Alternate which path goes first so drift (other load on the machine) hits both alike.
+        for which in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
+            before = cpu_s(gw_proc)
+            lat[which] += await run_path(direct if which == "direct" else through, per_round, concurrency)
+            if which == "gateway":
+                gw_cpu += cpu_s(gw_proc) - before
+    row: dict[str, object] = {"n": len(lat["gateway"])}
+    for q in (50, 99):
+        d, g = pct(lat["direct"], q), pct(lat["gateway"], q)
+        row |= {f"direct_p{q}": d, f"gateway_p{q}": g, f"overhead_p{q}": g - d}
+    row["gateway_cpu_ms"] = gw_cpu * 1000.0 / len(lat["gateway"])
+    return row
+
+
+def measure_wrk(
+    direct_url: str,
+    through_url: str,
+    body: bytes,
+    concurrency: int,
+    args: argparse.Namespace,
+    gw_proc: psutil.Process | None,
+) -> dict[str, object]:
+    """wrk as the client: one run per path per round; medians over rounds of each figure and of the
+    paired differences (the two runs of a round are back to back, so they share the machine's state)."""
+    runs: dict[str, list[wrkrun.WrkResult]] = {"direct": [], "gateway": []}
+    gw_cpu, gw_requests = 0.0, 0
+    for r in range(args.rounds):
+        for which in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
+            before = cpu_s(gw_proc)
+            res = wrkrun.run(
+                direct_url if which == "direct" else through_url,
+                body,
+                concurrency=concurrency,
+                duration_s=args.wrk_duration,
+            )
+            if res.failed or not res.requests:
+                raise RuntimeError(f"wrk against {which} path: {res.requests} requests, errors {res.errors}")
+            runs[which].append(res)
+            if which == "gateway":
+                gw_cpu += cpu_s(gw_proc) - before
+                gw_requests += res.requests
+    row: dict[str, object] = {"n": gw_requests}
+    for q in (50, 99):
+        d = [getattr(x, f"p{q}_ms") for x in runs["direct"]]
+        g = [getattr(x, f"p{q}_ms") for x in runs["gateway"]]
+        row |= {
+            f"direct_p{q}": statistics.median(d),
+            f"gateway_p{q}": statistics.median(g),
+            f"overhead_p{q}": statistics.median(b - a for a, b in zip(d, g, strict=True)),
+        }
+    # The CPU counter also runs during wrk's connect and teardown: a slight overestimate per request.
+    row["gateway_cpu_ms"] = gw_cpu * 1000.0 / gw_requests
+    return row
 
 
 def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
@@ -320,7 +389,16 @@ def main() -> int:
     ap.add_argument("--tf-url")
     ap.add_argument("--tf-grpc", help="host:port of TF Serving's gRPC API (the direct-gRPC baseline)")
     ap.add_argument("--gateway-url")
+    ap.add_argument(
+        "--client",
+        choices=("python", "wrk"),
+        default="python",
+        help="who sends the requests: this script (uvloop + the gateway's HTTP pool, grpc.aio) or wrk",
+    )
+    ap.add_argument("--wrk-duration", type=float, default=3.0, help="seconds per wrk run (--client wrk)")
     args = ap.parse_args()
+    if args.client == "wrk" and not wrkrun.available():
+        ap.error("--client wrk: wrk is not on PATH (install it with: apt-get install -y wrk)")
 
     procs: list[ManagedProcess] = []
     try:
@@ -334,18 +412,21 @@ def main() -> int:
             log_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
             print(f"starting torch_service, tf_serving.compat, gateway (logs in {log_dir}) ...", flush=True)
             procs, urls = start_stack(repo, log_dir, args.access_log)
+        tf_protocols: dict[str, str] = {}
         for name in ("gateway", "gateway_tf_rest"):
             if name in urls:
-                asyncio.run(wait_both_ready(urls[name]))
+                wanted = [b for b in ("torch", "tf") if b in urls or (b == "tf" and "tf_grpc" in urls)]
+                tf_protocols[name] = asyncio.run(wait_ready(urls[name], wanted or ["torch"]))
         print(
             f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
             f"{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}; batch {args.batch}, "
-            f"access log {'on' if args.access_log else 'off'}",
+            f"access log {'on' if args.access_log else 'off'}, client "
+            + ("this script (uvloop)" if args.client == "python" else f"wrk 1 thread, {args.wrk_duration:g} s per run"),
             flush=True,
         )
         gw_pids = {p.name: p.proc.pid for p in procs if p.name.startswith(("gateway", "relay")) and p.proc}
-        rows = uvloop.run(measure(urls, args, gw_pids))
+        rows = uvloop.run(measure(urls, args, gw_pids, tf_protocols))
         print()
         print(markdown(rows, args))
     finally:

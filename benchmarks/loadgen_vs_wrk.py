@@ -25,16 +25,16 @@ import asyncio
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import wrkrun  # noqa: E402  (benchmarks/ itself is on sys.path when this file runs)
 
 RESPONSE = b'{"predictions": [{"probabilities": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], "classes": 3}]}'
 
@@ -83,29 +83,10 @@ def serve(port: int, delay_ms: float) -> None:
 
 
 def run_wrk(url: str, body: bytes, concurrency: int, duration: float) -> dict[str, float] | None:
-    if shutil.which("wrk") is None:
+    if not wrkrun.available():
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "body.json").write_bytes(body)
-        script = Path(tmp) / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f'local f = io.open("{tmp}/body.json", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
-        )
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency", "-s", str(script), url],
-            capture_output=True,
-            text=True,
-            timeout=duration + 30,
-        ).stdout
-
-    def ms(text: str) -> float:
-        value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-    dist = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)$", out, re.M))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return {"throughput_rps": rps, "p50": ms(dist["50"]), "p99": ms(dist["99"]), "raw": out}
+    r = wrkrun.run(url, body, concurrency=concurrency, duration_s=duration)
+    return {"throughput_rps": r.throughput_rps, "p50": r.p50_ms, "p99": r.p99_ms, "failed": r.failed}
 
 
 def run_ours(url: str, bodies, concurrency: int, duration: float) -> dict[str, float]:
@@ -211,7 +192,7 @@ def main() -> int:
         f"endpoint: trivial asyncio server (1 process, uvloop); request body {len(body)} bytes "
         f"({images.source.split('/')[-1]}); closed loop, {args.duration:g} s per measurement"
     )
-    if shutil.which("wrk") is None:
+    if not wrkrun.available():
         print("wrk: NOT INSTALLED (apt-get update && apt-get install -y wrk); only our figures follow")
     print(f"\n{'server delay':>12s} {'conns':>5s}  {'client':34s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}")
     comparisons = []
