@@ -28,7 +28,12 @@ class Gateway:
                 self._pool(
                     "tf",
                     settings.tf_grpc_targets,
-                    GrpcTransport(timeout_s=settings.timeout_s, health_timeout_s=settings.health_timeout_s),
+                    GrpcTransport(
+                        timeout_s=settings.timeout_s,
+                        health_timeout_s=settings.health_timeout_s,
+                        connect_timeout_s=settings.connect_timeout_s,
+                        client=settings.tf_grpc_client,
+                    ),
                 )
                 if settings.tf_protocol == "grpc"
                 else self._pool("tf", settings.tf_rest_urls, self._rest())

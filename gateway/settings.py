@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     tf_rest_urls: CsvList = ["http://127.0.0.1:8501"]
     tf_grpc_targets: CsvList = ["127.0.0.1:8500"]
     tf_protocol: Literal["grpc", "rest"] = "grpc"
+    # Which gRPC client speaks to TF Serving: "h2", the gateway's lean HTTP/2 unary client
+    # (upstreams/h2grpc.py, less than half of grpcio's CPU per call), or "grpcio" (grpc.aio channels).
+    tf_grpc_client: Literal["h2", "grpcio"] = "h2"
 
     # least_outstanding sends each call to the replica with the fewest calls in flight, which adapts to a
     # slow replica; round_robin is the simple, predictable alternative.

@@ -1,18 +1,23 @@
 """TF Serving gRPC transport: PredictionService/Predict and ModelService/GetModelStatus.
 
-The input TensorProto is built by hand with `tensor_content` (one memcpy of the float32 batch)
-instead of `tf.make_tensor_proto`, and outputs are decoded with numpy; only the generated protobuf
-modules are used. One grpc.aio channel per replica, opened at start-up and kept.
+The messages are tensorflow-serving-api's generated protobufs. The input TensorProto is built by hand
+with `tensor_content` (one memcpy of the float32 batch) instead of `tf.make_tensor_proto`, and outputs
+are decoded with numpy. The calls go through one of two clients, one connection per replica kept for
+the gateway's life: the lean HTTP/2 unary client in h2grpc.py (default, GATEWAY_TF_GRPC_CLIENT=h2) or
+a grpc.aio channel (GATEWAY_TF_GRPC_CLIENT=grpcio). Both map failures the same way.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from typing import Any, Literal
 
 import grpc
 import numpy as np
 
-from gateway.errors import UpstreamError, UpstreamTimeout, grpc_status_to_http
+from gateway.errors import BadGateway, UpstreamError, UpstreamTimeout, grpc_status_to_http
+from gateway.upstreams import h2grpc
 from gateway.upstreams.balancer import Replica
 from gateway.upstreams.pool import PredictResult, ReplicaDown
 from gateway.validation import PredictRequest
@@ -25,6 +30,8 @@ _VALUE_FIELD = {_DT_FLOAT: "float_val", _DT_DOUBLE: "double_val", _DT_INT32: "in
 _AVAILABLE = 30  # ModelVersionStatus.State.AVAILABLE
 # Large batches (1024 x 28 x 28 x 4 B = 3.2 MB) exceed gRPC's 4 MB default with headroom to spare.
 _MAX_MESSAGE = 64 * 1024 * 1024
+_PREDICT = "/tensorflow.serving.PredictionService/Predict"
+_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
 
 
 def _protos() -> tuple[Any, Any]:
@@ -54,13 +61,24 @@ def tensor_to_numpy(tensor: Any) -> np.ndarray:
 class GrpcTransport:
     protocol = "grpc"
 
-    def __init__(self, *, timeout_s: float, health_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        health_timeout_s: float,
+        connect_timeout_s: float = 1.0,
+        client: Literal["h2", "grpcio"] = "h2",
+    ) -> None:
         self._timeout = timeout_s
         self._health_timeout = health_timeout_s
+        self._connect_timeout = connect_timeout_s
+        self.client = client
         self._predict_pb2, self._status_pb2 = _protos()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._predict: dict[str, Any] = {}
         self._status: dict[str, Any] = {}
+        # h2 client: one channel per target, and each call's header block, encoded once per target.
+        self._h2: dict[str, tuple[h2grpc.H2Channel, bytes, bytes]] = {}
 
     def _open(self, target: str) -> None:
         channel = grpc.aio.insecure_channel(
@@ -78,15 +96,26 @@ class GrpcTransport:
         )
         self._channels[target] = channel
         self._predict[target] = channel.unary_unary(
-            "/tensorflow.serving.PredictionService/Predict",
+            _PREDICT,
             request_serializer=self._predict_pb2.PredictRequest.SerializeToString,
             response_deserializer=self._predict_pb2.PredictResponse.FromString,
         )
         self._status[target] = channel.unary_unary(
-            "/tensorflow.serving.ModelService/GetModelStatus",
+            _STATUS,
             request_serializer=self._status_pb2.GetModelStatusRequest.SerializeToString,
             response_deserializer=self._status_pb2.GetModelStatusResponse.FromString,
         )
+
+    def _h2_channel(self, target: str) -> tuple[h2grpc.H2Channel, bytes, bytes]:
+        entry = self._h2.get(target)
+        if entry is None:
+            channel = h2grpc.H2Channel(target, connect_timeout_s=self._connect_timeout)
+            entry = self._h2[target] = (
+                channel,
+                h2grpc.header_block(target, _PREDICT, self._timeout),
+                h2grpc.header_block(target, _STATUS, self._health_timeout),
+            )
+        return entry
 
     async def start(self) -> None:
         """Channels are opened lazily per target on first use (they need the running event loop)."""
@@ -95,6 +124,9 @@ class GrpcTransport:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        for h2_channel, _, _ in self._h2.values():
+            h2_channel.close()
+        self._h2.clear()
 
     def _stub(self, table: dict[str, Any], target: str) -> Any:
         if target not in self._channels:
@@ -115,15 +147,45 @@ class GrpcTransport:
         tensor.tensor_content = np.ascontiguousarray(batch, dtype=np.float32).tobytes()
         return req
 
+    async def _h2_call(
+        self, replica: Replica, method: Literal["predict", "status"], message: bytes, timeout: float
+    ) -> bytes:
+        """One unary call through the h2 client; failures raised as the grpcio path raises them."""
+        channel, predict_block, status_block = self._h2_channel(replica.address)
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                return await channel.unary(predict_block if method == "predict" else status_block, message)
+        except TimeoutError:
+            channel.drop_if_silent(start)
+            raise UpstreamTimeout(f"upstream {replica.address} timed out after {timeout:g}s") from None
+        except h2grpc.GrpcError as exc:
+            if exc.code_name == "UNAVAILABLE":
+                raise ReplicaDown(f"UNAVAILABLE: {exc.message}") from None
+            if exc.code_name == "DEADLINE_EXCEEDED":
+                raise UpstreamTimeout(f"upstream {replica.address} timed out") from None
+            raise UpstreamError(exc.message or exc.code_name, status=grpc_status_to_http(exc.code_name)) from None
+        except (h2grpc.ConnectFailed, h2grpc.ConnectionLost, h2grpc.StreamRefused) as exc:
+            raise ReplicaDown(f"{type(exc).__name__}: {exc}") from None
+        except h2grpc.ProtocolError as exc:
+            raise BadGateway(f"upstream {replica.address}: {exc}") from None
+
     async def predict(
         self, replica: Replica, model: str, version: str | None, inp: PredictRequest, raw_body: bytes | None
     ) -> PredictResult:
         request = self.build_request(model, version, inp.images)
-        call = self._stub(self._predict, replica.address)
-        try:
-            resp = await call(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _map_rpc_error(exc, replica) from None
+        if self.client == "h2":
+            answer = await self._h2_call(replica, "predict", request.SerializeToString(), self._timeout)
+            try:
+                resp = self._predict_pb2.PredictResponse.FromString(answer)
+            except Exception as exc:  # protobuf's DecodeError, and anything else a broken answer raises
+                raise BadGateway(f"upstream {replica.address} answered an undecodable message: {exc}") from None
+        else:
+            call = self._stub(self._predict, replica.address)
+            try:
+                resp = await call(request, timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise _map_rpc_error(exc, replica) from None
         tensors = {name: tensor_to_numpy(t) for name, t in resp.outputs.items()}
         got = resp.model_spec.version.value if resp.model_spec.HasField("version") else None
         return PredictResult(
@@ -138,11 +200,15 @@ class GrpcTransport:
     async def probe(self, replica: Replica, model: str) -> int | None:
         request = self._status_pb2.GetModelStatusRequest()
         request.model_spec.name = model
-        call = self._stub(self._status, replica.address)
-        try:
-            resp = await call(request, timeout=self._health_timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise RuntimeError(f"{exc.code().name}: {exc.details()}") from None
+        if self.client == "h2":
+            answer = await self._h2_call(replica, "status", request.SerializeToString(), self._health_timeout)
+            resp = self._status_pb2.GetModelStatusResponse.FromString(answer)
+        else:
+            call = self._stub(self._status, replica.address)
+            try:
+                resp = await call(request, timeout=self._health_timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise RuntimeError(f"{exc.code().name}: {exc.details()}") from None
         versions = [s.version for s in resp.model_version_status if s.state == _AVAILABLE]
         return max(versions) if versions else None
 

@@ -26,7 +26,11 @@ def real(module_procs: Procs, model_repository: Path) -> dict[str, str]:
     quiet = {"access_log": "false"}
     _, via_grpc = gateway(module_procs, torch_urls=torch_url, tf_grpc_targets=tf_target, **quiet)
     _, via_rest = gateway(module_procs, torch_urls=torch_url, tf_rest_urls=tf_url, tf_protocol="rest", **quiet)
-    return {"torch": torch_url, "tf": tf_url, "gw_grpc": via_grpc, "gw_rest": via_rest}
+    # The same gRPC upstream through grpcio's client instead of the gateway's own HTTP/2 one.
+    _, via_grpcio = gateway(
+        module_procs, torch_urls=torch_url, tf_grpc_targets=tf_target, tf_grpc_client="grpcio", **quiet
+    )
+    return {"torch": torch_url, "tf": tf_url, "gw_grpc": via_grpc, "gw_rest": via_rest, "gw_grpcio": via_grpcio}
 
 
 def instances(images: np.ndarray, fmt: str) -> bytes:
@@ -45,7 +49,9 @@ def probs_and_classes(doc: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("fmt", ["row", "columnar"])
-@pytest.mark.parametrize(("gw", "backend"), [("gw_grpc", "torch"), ("gw_grpc", "tf"), ("gw_rest", "tf")])
+@pytest.mark.parametrize(
+    ("gw", "backend"), [("gw_grpc", "torch"), ("gw_grpc", "tf"), ("gw_rest", "tf"), ("gw_grpcio", "tf")]
+)
 def test_predict_equals_direct_call_and_golden(
     real: dict[str, str], golden: dict, gw: str, backend: str, fmt: str
 ) -> None:
@@ -73,6 +79,10 @@ def test_explicit_version_and_unknown_model(real: dict[str, str], golden: dict) 
         assert r.status_code == 404 and r.json()["error"], (backend, r.text)
         r = httpx.post(f"{real['gw_grpc']}/v1/models/other:predict?backend={backend}", content=body)
         assert r.status_code == 404 and r.json()["error"], (backend, r.text)
+    # Both gRPC clients pass TF's errors through alike: same status, same message.
+    for path in ("/v1/models/cnn/versions/9:predict", "/v1/models/other:predict"):
+        ours, grpcio = (httpx.post(f"{real[gw]}{path}?backend=tf", content=body) for gw in ("gw_grpc", "gw_grpcio"))
+        assert (ours.status_code, ours.json()) == (grpcio.status_code, grpcio.json())
 
 
 @pytest.mark.parametrize("gw", ["gw_grpc", "gw_rest"])
