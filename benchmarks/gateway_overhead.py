@@ -1,15 +1,16 @@
 """Gateway overhead: latency through the gateway minus latency straight to the backend, side by side.
 
-Starts torch_service, the TF-Serving-compatible server (REST + gRPC), two gateways (TF upstream over
-gRPC, the default, and over REST) and a plain TCP relay on free loopback ports, warms every path up,
+Starts torch_service, the TF-Serving-compatible server (REST + gRPC), three gateways (TF upstream over
+gRPC with the default h2 client, over gRPC with grpcio's client, and over REST) and a plain TCP relay
+on free loopback ports, warms every path up,
 then for each case and concurrency sends the same request alternately in rounds straight to the
 backend and through the front (same body, interleaved in time) and prints p50/p99 of both and their
 difference, plus the gateway's CPU time per request.
 
 Cases: torch via REST; tf via the gateway's gRPC upstream compared with a client calling TF's REST API
-directly and with one calling its gRPC API directly (grpc.aio, what the gateway itself uses); tf via
-the REST upstream; and torch behind a TCP relay that only copies bytes: the floor of ANY extra
-user-space hop on this machine, which the gateway's overhead includes too.
+directly and with one calling its gRPC API directly (grpc.aio); tf via the REST upstream; tf via the
+gRPC upstream with GATEWAY_TF_GRPC_CLIENT=grpcio; and torch behind a TCP relay that only copies bytes:
+the floor of ANY extra user-space hop on this machine, which the gateway's overhead includes too.
 
     python benchmarks/gateway_overhead.py [--requests 2000] [--concurrency 1,64] [--batch 1]
     python benchmarks/gateway_overhead.py --client wrk [--wrk-duration 3]
@@ -57,7 +58,8 @@ from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[ManagedProcess], dict[str, str]]:
     quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "MODEL_REPOSITORY": str(repo)}
-    tp, rp, gp, gwp, gwr, rl = free_port(), free_port(), free_port(), free_port(), free_port(), free_port()
+    tp, rp, gp, rl = free_port(), free_port(), free_port(), free_port()
+    gwp, gwr, gwg = free_port(), free_port(), free_port()
     urls = {
         "torch": f"http://127.0.0.1:{tp}",
         "tf_grpc": f"127.0.0.1:{gp}",
@@ -65,6 +67,7 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
         "tf": f"http://127.0.0.1:{rp}",
         "gateway": f"http://127.0.0.1:{gwp}",
         "gateway_tf_rest": f"http://127.0.0.1:{gwr}",
+        "gateway_grpcio": f"http://127.0.0.1:{gwg}",
     }
     procs = [
         ManagedProcess.python_module(
@@ -101,12 +104,17 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
                     "GATEWAY_TF_GRPC_TARGETS": f"127.0.0.1:{gp}",
                     "GATEWAY_TF_REST_URLS": urls["tf"],
                     "GATEWAY_TF_PROTOCOL": protocol,
+                    "GATEWAY_TF_GRPC_CLIENT": client,
                     "GATEWAY_ACCESS_LOG": str(access_log).lower(),
                     "GATEWAY_HEALTH_INTERVAL_S": "0.5",
                 },
                 cwd=ROOT,
             )
-            for name, protocol in (("gateway", "grpc"), ("gateway_tf_rest", "rest"))
+            for name, protocol, client in (
+                ("gateway", "grpc", "h2"),
+                ("gateway_tf_rest", "rest", "h2"),
+                ("gateway_grpcio", "grpc", "grpcio"),
+            )
         ),
         ManagedProcess(
             name="relay",
@@ -246,7 +254,7 @@ async def measure(
         images = orjson.loads(body)["instances"]
         calls["tf_grpc"], close = grpc_call(urls["tf_grpc"], np.asarray(images, dtype=np.float32))
         closers.append(close)
-    for name, backend in (("gateway", "torch"), ("gateway", "tf"), ("gateway_tf_rest", "tf")):
+    for name, backend in (("gateway", "torch"), ("gateway", "tf"), ("gateway_tf_rest", "tf"), ("gateway_grpcio", "tf")):
         if name in pools:
             calls[f"{name}?{backend}"] = http_call(pools[name], f"{predict}?backend={backend}", body)
             targets[f"{name}?{backend}"] = f"{urls[name]}{predict}?backend={backend}"
@@ -257,6 +265,8 @@ async def measure(
         f"tf ({upstream}) vs direct REST": ("tf", "gateway?tf", "gateway"),
         f"tf ({upstream}) vs direct gRPC": ("tf_grpc", "gateway?tf", "gateway"),
         "tf (REST)": ("tf", "gateway_tf_rest?tf", "gateway_tf_rest"),
+        # The same gRPC upstream through grpcio's client (GATEWAY_TF_GRPC_CLIENT=grpcio) instead of h2.
+        "tf (gRPC, grpcio) vs direct REST": ("tf", "gateway_grpcio?tf", "gateway_grpcio"),
         "torch via TCP relay (floor)": ("torch", "relay", "relay"),
     }
     cases = {k: v for k, v in cases.items() if v[0] in calls and v[1] in calls}
@@ -413,7 +423,7 @@ def main() -> int:
             print(f"starting torch_service, tf_serving.compat, gateway (logs in {log_dir}) ...", flush=True)
             procs, urls = start_stack(repo, log_dir, args.access_log)
         tf_protocols: dict[str, str] = {}
-        for name in ("gateway", "gateway_tf_rest"):
+        for name in ("gateway", "gateway_tf_rest", "gateway_grpcio"):
             if name in urls:
                 wanted = [b for b in ("torch", "tf") if b in urls or (b == "tf" and "tf_grpc" in urls)]
                 tf_protocols[name] = asyncio.run(wait_ready(urls[name], wanted or ["torch"]))
