@@ -10,9 +10,11 @@ grpcio's own client gets for the same request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -274,6 +276,154 @@ async def test_silent_connection_is_replaced_after_a_timeout() -> None:
     finally:
         await transport.close()
         server.close()
+
+
+async def test_answer_before_the_upload_ends_is_not_lost(server: TestServer) -> None:
+    """The server answers (here: UNIMPLEMENTED) while our 8 MB request still waits for its 4 MiB
+    stream window: the call ends with that answer at once, not at its timeout."""
+    ch = h2grpc.H2Channel(server.target, connect_timeout_s=2)
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(h2grpc.GrpcError) as info:
+                await ch.unary(block(server.target, "NoSuchMethod"), b"x" * (8 * 1024 * 1024))
+        assert info.value.code_name == "UNIMPLEMENTED"
+        assert await ch.unary(block(server.target, "Echo"), b"next") == b"next"
+    finally:
+        ch.close()
+
+
+# -- a scripted HTTP/2 peer, for what grpcio servers never do on demand -------------------------------
+
+OnConnection = Callable[[int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, int, bytes]:
+    hi, lo, ftype, flags, sid = struct.unpack(">HBBBI", await reader.readexactly(9))
+    return ftype, flags, sid & 0x7FFFFFFF, await reader.readexactly((hi << 8) | lo)
+
+
+def answer(encoder: Any, sid: int, body: bytes) -> bytes:
+    head = encoder.encode([(":status", "200"), ("content-type", "application/grpc")])
+    trailers = encoder.encode([("grpc-status", "0")])
+    message = b"\0" + len(body).to_bytes(4, "big") + body
+    return (
+        h2grpc._frame(h2grpc.HEADERS, h2grpc.END_HEADERS, sid, head)
+        + h2grpc._frame(h2grpc.DATA, 0, sid, message)
+        + h2grpc._frame(h2grpc.HEADERS, h2grpc.END_HEADERS | h2grpc.END_STREAM, sid, trailers)
+    )
+
+
+@contextlib.asynccontextmanager
+async def scripted_peer(on_connection: OnConnection) -> AsyncIterator[tuple[str, list[int]]]:
+    """A raw HTTP/2 server on loopback running `on_connection(n, reader, writer)` for its n-th
+    connection after reading the client preface; yields (target, [connections accepted])."""
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(len(accepted) + 1)
+        try:
+            assert await reader.readexactly(len(h2grpc.PREFACE)) == h2grpc.PREFACE
+            await on_connection(len(accepted), reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}", accepted
+    finally:
+        server.close()
+
+
+async def test_reset_while_waiting_for_the_connection_window() -> None:
+    async def peer(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(h2grpc._settings({h2grpc.S_INITIAL_WINDOW_SIZE: 1 << 20}))  # connection window stays 64 KiB
+        while True:
+            ftype, _, sid, _ = await read_frame(reader)
+            if ftype == h2grpc.DATA:
+                await asyncio.sleep(0.05)
+                writer.write(h2grpc._frame(h2grpc.RST_STREAM, 0, sid, struct.pack(">I", 2)))  # INTERNAL_ERROR
+                await asyncio.sleep(10)
+
+    async with scripted_peer(peer) as (target, _):
+        ch = h2grpc.H2Channel(target, connect_timeout_s=2)
+        try:
+            async with asyncio.timeout(2):
+                with pytest.raises(h2grpc.GrpcError) as info:
+                    await ch.unary(block(target, "Echo"), b"x" * 200_000)
+            assert info.value.code_name == "INTERNAL"
+        finally:
+            ch.close()
+
+
+async def test_call_refused_by_goaway_goes_to_a_new_connection_at_once() -> None:
+    import hpack
+
+    async def peer(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        encoder = hpack.Encoder()
+        writer.write(h2grpc._settings({}))
+        while True:
+            ftype, flags, sid, _ = await read_frame(reader)
+            if n == 1 and ftype == h2grpc.HEADERS and sid == 3:  # stream 1 may finish; 3 never started
+                writer.write(h2grpc._frame(h2grpc.GOAWAY, 0, 0, struct.pack(">II", 1, 0)))
+            elif n == 2 and ftype == h2grpc.DATA and flags & h2grpc.END_STREAM:
+                writer.write(answer(encoder, sid, b"from connection 2"))
+
+    async with scripted_peer(peer) as (target, accepted):
+        ch = h2grpc.H2Channel(target, connect_timeout_s=2)
+        first = asyncio.ensure_future(ch.unary(block(target, "Echo"), b"1"))  # stays unanswered on connection 1
+        try:
+            await asyncio.sleep(0.1)
+            async with asyncio.timeout(2):
+                assert await ch.unary(block(target, "Echo"), b"2") == b"from connection 2"
+            assert len(accepted) == 2
+        finally:
+            first.cancel()
+            ch.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (h2grpc._frame(h2grpc.WINDOW_UPDATE, 0, 0, b"\x00\x01"), "WINDOW_UPDATE payload"),
+        (h2grpc._frame(h2grpc.WINDOW_UPDATE, 0, 0, struct.pack(">I", 0)), "increment of 0"),
+        (h2grpc._frame(h2grpc.WINDOW_UPDATE, 0, 0, struct.pack(">I", 0x7FFFFFFF)), "above 2"),
+        (h2grpc._frame(h2grpc.DATA, 0, 0, b"x"), "on stream 0"),
+        (h2grpc._frame(h2grpc.PING, 0, 0, b"1234"), "PING payload"),
+        (h2grpc._frame(h2grpc.GOAWAY, 0, 0, b"1234"), "GOAWAY payload"),
+        (h2grpc._settings({h2grpc.S_MAX_FRAME_SIZE: 100}), "MAX_FRAME_SIZE"),
+        (b"\x01\x00\x00" + bytes([h2grpc.DATA, 0]) + struct.pack(">I", 1), "exceeds"),
+        (h2grpc._frame(h2grpc.HEADERS, h2grpc.END_HEADERS, 1, b"\xff\xff\xff"), "bad header block"),
+    ],
+    ids=[
+        "short-window-update",
+        "zero-increment",
+        "window-overflow",
+        "data-on-stream-0",
+        "short-ping",
+        "short-goaway",
+        "max-frame-size",
+        "oversized-frame",
+        "bad-hpack",
+    ],
+)
+async def test_malformed_frames_are_protocol_errors(frame: bytes, message: str) -> None:
+    async def peer(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(h2grpc._settings({}))
+        while True:
+            ftype, _, _, _ = await read_frame(reader)
+            if ftype == h2grpc.HEADERS:
+                writer.write(frame)
+
+    async with scripted_peer(peer) as (target, _):
+        ch = h2grpc.H2Channel(target, connect_timeout_s=2)
+        try:
+            async with asyncio.timeout(2):
+                with pytest.raises(h2grpc.ProtocolError, match=message):
+                    await ch.unary(block(target, "Echo"), b"x")
+        finally:
+            ch.close()
 
 
 def test_cached_header_blocks_follow_the_dynamic_table() -> None:
