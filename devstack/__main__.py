@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM/SIGHUP take the same path as Ctrl-C, so the `with Stack` blocks stop every process.
+    # SIGINT, SIGTERM and SIGHUP all take Ctrl-C's path, so the `with Stack` blocks stop every process.
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -95,8 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ValidationError) as exc:
         print(f"devstack: invalid settings: {exc}", file=sys.stderr)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
+    # SIGINT explicitly: a job started in the background by a script inherits SIGINT ignored, and Python
+    # then installs no Ctrl-C handler, so `kill -INT` would do nothing. A SIGHUP that was ignored on
+    # purpose (nohup) stays ignored.
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _raise_interrupt)
     trainer_args = args.trainer_args.split()
     try:
         if args.command == "demo":

@@ -194,10 +194,20 @@ def test_a_failing_service_is_reported_with_its_log_tail(
     _assert_all_gone(procs)
 
 
-def _start_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _start_cli(
+    args: list[str], env: dict[str, str], log: Path, *, ignore_sigint: bool = False
+) -> subprocess.Popen[bytes]:
+    def background_job() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a non-interactive shell does for `cmd &`
+
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "devstack", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "devstack", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=background_job if ignore_sigint else None,
         )
 
 
@@ -226,17 +236,20 @@ def cli_env(model_repository: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize(
     "signals",
-    [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGTERM)],
-    ids=["ctrl-c", "sigterm", "second-signal-while-draining"],
+    [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGTERM), ("background", signal.SIGINT)],
+    ids=["ctrl-c", "sigterm", "second-signal-while-draining", "sigint-to-a-background-job"],
 )
 def test_make_up_stops_every_process_on_a_signal(
-    cli_env: dict[str, str], tmp_path: Path, signals: tuple[int, ...]
+    cli_env: dict[str, str], tmp_path: Path, signals: tuple[int | str, ...]
 ) -> None:
     """One signal stops everything gracefully. An impatient second one while the services drain ends
     their grace period; it must not abandon the cleanup half-way (it did: the services not yet
-    stopped were left running)."""
+    stopped were left running). Started as a script's background job (SIGINT inherited as ignored),
+    `kill -INT` must still stop it (it did nothing)."""
+    background = signals[0] == "background"
+    signals = signals[1:] if background else signals
     log = tmp_path / "up.log"
-    proc = _start_cli(["up", "--ports", "auto"], cli_env, log)
+    proc = _start_cli(["up", "--ports", "auto"], cli_env, log, ignore_sigint=background)
     try:
         _wait_for_line(proc, log, "Ctrl-C stops everything", timeout=300)
         tree = _tree(proc.pid)
@@ -244,7 +257,7 @@ def test_make_up_stops_every_process_on_a_signal(
         for i, sig in enumerate(signals):
             if i:
                 time.sleep(0.3)  # the gateway is draining now; the backends have not been signalled yet
-            proc.send_signal(sig)
+            proc.send_signal(int(sig))
         assert proc.wait(timeout=60) == 130
         _assert_all_gone(tree)
         text = log.read_text()
