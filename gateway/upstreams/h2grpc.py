@@ -567,7 +567,11 @@ class H2Connection(asyncio.Protocol):
     def _write(self, frames: list[bytes]) -> None:
         if self._lost is not None:
             raise self._lost
-        if frames and self.transport is not None:
+        if self.transport is None or self.transport.is_closing():
+            # The peer reset the connection and its loss is not delivered yet (uvloop would raise
+            # RuntimeError on the write).
+            raise ConnectionLost("connection closed before the call was sent")
+        if frames:
             self.transport.write(b"".join(frames))
 
     @staticmethod

@@ -107,6 +107,10 @@ class Http1Pool:
         ok = False
         got_bytes = False
         try:
+            if conn.writer.is_closing():
+                # Closed under us between connect (or the idle check) and now: the peer reset it. uvloop
+                # would raise RuntimeError on the write; nothing was sent, so this is safe to resend.
+                raise _StaleConnection("connection closed before the request was written")
             conn.writer.writelines((head, body) if body else (head,))
             try:
                 status_line = await conn.reader.readuntil(b"\r\n")

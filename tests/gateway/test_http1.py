@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -153,3 +154,30 @@ async def test_timed_out_call_closes_its_connection() -> None:
         assert (await pool.request("GET", "/", b"")).content == b"fresh"
         await pool.aclose()
     assert server.connections == 2
+
+
+def test_connection_reset_before_the_first_write_is_a_lost_connection_under_uvloop() -> None:
+    """A replica killed under load: the connect succeeds, then its reset lands before the request is
+    written. uvloop (what the gateway runs on) raises RuntimeError on a write to a closed transport,
+    which reached the client as a 500; it must be ConnectionLost (retried on another replica)."""
+    import uvloop
+
+    async def scenario() -> None:
+        async with Server(echo) as url:
+            pool = Http1Pool(url, max_connections=1, connect_timeout_s=1)
+            real_connect = pool._connect
+
+            async def connect_then_reset() -> Any:
+                conn = await real_connect()
+                conn.writer.transport.abort()  # the peer's RST, processed before our first write
+                await asyncio.sleep(0.01)  # (the handle is fully closed by then)
+                return conn
+
+            pool._connect = connect_then_reset  # type: ignore[method-assign]
+            with pytest.raises(ConnectionLost):
+                await pool.request("POST", "/", b"x")
+            pool._connect = real_connect  # type: ignore[method-assign]
+            assert (await pool.request("POST", "/", b"x")).content == b"echo:x"
+            await pool.aclose()
+
+    uvloop.run(scenario())
