@@ -256,8 +256,11 @@ class ServableManager(Generic[T]):
             with self._lock:
                 st = self._versions.get(v)
                 fp = self._fingerprint(v)
-                if st is not None and (st.state in ("LOADING", "AVAILABLE") or st.fingerprint == fp):
+                failed_unchanged = st is not None and st.error_code != "OK" and st.fingerprint == fp
+                if st is not None and (st.state in ("LOADING", "AVAILABLE", "UNLOADING") or failed_unchanged):
                     continue  # loaded, loading, or failed with unchanged files (don't retry in a loop)
+                # Otherwise: new, failed but since rewritten, or unloaded earlier and wanted again
+                # (a newer version was removed: roll back to this one).
                 st = VersionState[T](v, state="LOADING", fingerprint=fp)
                 self._versions[v] = st
             changed = True
@@ -269,13 +272,12 @@ class ServableManager(Generic[T]):
                 retire = []
             for st in retire:
                 st.state = "UNLOADING"
-            # Versions that vanished from disk before they were ever loaded: forget failures.
-            for v in [
-                v
-                for v, st in self._versions.items()
-                if v not in wanted and st.state == "END" and st.servable is None and st.error_code == "OK"
-            ]:
-                del self._versions[v]
+            # A failed version that has since been deleted is forgotten, so an old error is not
+            # reported forever. Unloaded versions stay as END, as TF Serving's state monitor keeps
+            # them: clients polling model status see the swap complete, not the old version vanish.
+            for v, st in list(self._versions.items()):
+                if v not in wanted and st.error_code != "OK" and not (self.base_path / str(v)).is_dir():
+                    del self._versions[v]
         for st in retire:
             changed = True
             self._unload(st)

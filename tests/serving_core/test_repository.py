@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -128,6 +129,39 @@ def test_hot_swap_to_new_version(tmp_path: Path) -> None:
         m.resolve(1)
     m.stop()
     assert loader.unloaded == ["one", "two"]
+
+
+def test_unloaded_version_stays_end_across_polls_and_is_reloaded_on_rollback(tmp_path: Path) -> None:
+    publish(tmp_path, 1, "one")
+    m, loader = manager(tmp_path)
+    m.start()
+    publish(tmp_path, 2, "two")
+    m.poll_once()
+    # Clients that poll model status must be able to see the swap finish: version 1 stays END.
+    for _ in range(3):
+        m.poll_once()
+        assert states(m) == {"2": "AVAILABLE", "1": "END"}
+    # Version 2 withdrawn from disk: version 1 is wanted again and comes back.
+    shutil.rmtree(tmp_path / "2")
+    m.poll_once()
+    assert states(m) == {"2": "END", "1": "AVAILABLE"}
+    assert loader.unloaded == ["one", "two"]
+    with m.acquire() as (v, servable):
+        assert (v, servable) == (1, "one")
+    m.stop()
+
+
+def test_failed_version_deleted_from_disk_is_forgotten(tmp_path: Path) -> None:
+    publish(tmp_path, 1, "one")
+    m, _ = manager(tmp_path)
+    m.start()
+    publish(tmp_path, 2, "two", corrupt=True)
+    m.poll_once()
+    assert states(m) == {"2": "END", "1": "AVAILABLE"}
+    shutil.rmtree(tmp_path / "2")
+    m.poll_once()
+    assert states(m) == {"1": "AVAILABLE"}
+    m.stop()
 
 
 def test_failed_version_is_reported_and_old_one_keeps_serving(tmp_path: Path) -> None:
