@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     health_timeout_s: float = Field(1.0, gt=0)
 
     # Input limits, enforced before anything is forwarded (same answer whichever backend was chosen).
-    max_batch_size: int = Field(1024, ge=1)
+    # 32 = max_batch_size in tf_serving/batching.config, which both backends enforce: a larger batch is
+    # refused here with their own message instead of being forwarded to fail there.
+    max_batch_size: int = Field(32, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Decoded-size guard against decompression bombs (a tiny PNG can declare a 100k x 100k canvas).

@@ -70,16 +70,39 @@ def _loads(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"Malformed JSON in request body: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("Malformed JSON in request body: nested too deeply") from None
 
 
-def _to_array(value: Any, what: str) -> np.ndarray:
+_JSON_TYPE = {str: "string", bool: "boolean", type(None): "null", dict: "object", list: "list"}
+
+
+def to_float32_array(
+    value: Any, what: str, layout: str = "a nested list of numbers forming a [N, 28, 28, 1] tensor"
+) -> np.ndarray:
+    """JSON numbers -> float32 array; anything else (strings, booleans, nulls, ragged lists) is InvalidArgument."""
     try:
         arr = np.asarray(value, dtype=np.float32)
+    except OverflowError:
+        # An integer literal beyond any float (JSON allows any number of digits).
+        raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains a number too large for float32") from None
     except (ValueError, TypeError) as exc:
         # Ragged nesting, strings, objects: numpy names the problem; say where it was.
-        raise InvalidArgument(
-            f"'{what}' must be a nested list of numbers forming a [N, 28, 28, 1] tensor: {exc}"
-        ) from None
+        raise InvalidArgument(f"{what} must be {layout}: {exc}") from None
+    # numpy turns "0.5", true and null into floats (null as NaN); TF Serving rejects any JSON value
+    # that is not a number for a float input, and so do we. Only this slow path can see them: the
+    # fast path admits nothing but number characters.
+    if arr.dtype == np.float32 and arr.ndim > 0:
+        leaves = np.asarray(value, dtype=object).ravel().tolist()
+        kinds = set(map(type, leaves))
+        kinds.discard(float)
+        kinds.discard(int)
+        if kinds:
+            bad = next(x for x in leaves if type(x) not in (float, int))
+            kind = _JSON_TYPE.get(type(bad), type(bad).__name__)
+            raise InvalidArgument(
+                f"{what} must contain only numbers; found a {kind} ({json.dumps(bad)[:40]}) where a float was expected"
+            )
     return arr
 
 
@@ -106,7 +129,8 @@ def validate_images(arr: np.ndarray, max_batch_size: int | None = None) -> np.nd
     if arr.shape[0] == 0:
         raise InvalidArgument("Request has no instances: send at least one [28, 28, 1] image")
     if max_batch_size is not None and arr.shape[0] > max_batch_size:
-        raise InvalidArgument(f"Batch of {arr.shape[0]} instances exceeds the limit of {max_batch_size} per request")
+        # TF Serving's batcher's wording, which both backends use too: one message whoever rejects it.
+        raise InvalidArgument(f"Task size {arr.shape[0]} is larger than maximum input batch size {max_batch_size}")
     if not np.isfinite(arr).all():
         raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values")
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -199,13 +223,13 @@ def parse_predict_body(body: bytes, *, max_batch_size: int | None = None) -> Pre
             if not all(isinstance(i, dict) for i in instances):
                 raise InvalidArgument("'instances' mixes objects and plain tensors")
             instances = [_named_input(i, "an instance") for i in instances]
-        arr = _to_array(instances, "instances")
+        arr = to_float32_array(instances, "'instances'")
     elif has_cols:
         fmt = "columnar"
         inputs = doc["inputs"]
         if isinstance(inputs, dict):
             inputs = _named_input(inputs, "'inputs'")
-        arr = _to_array(inputs, "inputs")
+        arr = to_float32_array(inputs, "'inputs'")
     else:
         raise InvalidArgument("Missing 'instances' or 'inputs' key in request body")
     return PredictRequest(fmt, signature, validate_images(arr, max_batch_size))

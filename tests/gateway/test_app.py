@@ -69,7 +69,11 @@ def test_compare_with_both_down_says_why_for_each(client: TestClient) -> None:
     ("body", "status", "fragment"),
     [
         ({"instances": np.zeros((1, 28, 28)).tolist()}, 400, "must have shape [N, 28, 28, 1]"),
-        ({"instances": np.zeros((9, 28, 28, 1)).tolist()}, 400, "exceeds the limit of 8"),
+        (
+            {"instances": np.zeros((9, 28, 28, 1)).tolist()},
+            400,
+            "Task size 9 is larger than maximum input batch size 8",
+        ),
         ({"inputs": [[["x"]]]}, 400, "nested list of numbers"),
         ({"instance": IMG}, 400, "Unknown key"),
         ({"instances": IMG, "signature_name": "nope"}, 400, "not found in signature def"),

@@ -110,7 +110,7 @@ IMG = np.zeros((28, 28, 1)).tolist()
         (orjson.dumps({"instances": [np.zeros((28, 28)).tolist()]}), "[N, 28, 28, 1]"),
         (orjson.dumps({"instances": [[[["a"]] * 28] * 28]}), "nested list of numbers"),
         (b'{"instances": [' + b"[[[NaN]]" + b",[[0]]" * 27 + b"]" * 2, "Malformed JSON"),
-        (orjson.dumps({"instances": [IMG] * 5}), "exceeds the limit of 4"),
+        (orjson.dumps({"instances": [IMG] * 5}), "Task size 5 is larger than maximum input batch size 4"),
         (orjson.dumps({"instances": [IMG], "signature_name": "other"}), "not found in signature def"),
         (orjson.dumps({"instances": [{"pixels": IMG}]}), "Unknown input name"),
     ],

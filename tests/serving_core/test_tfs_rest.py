@@ -96,6 +96,7 @@ def test_row_and_columnar_forms_parse_to_the_same_batch() -> None:
         (b'{"inputs": {}}', "Missing input 'images'"),
         (b'{"instances": [1, 2, 3]}', "expected [28, 28, 1]"),
         (b'{"instances": [[[[NaN]]]]}', "expected [28, 28, 1]"),
+        (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),  # not a RecursionError
     ],
 )
 def test_bad_bodies(raw: bytes, needle: str) -> None:
@@ -110,7 +111,7 @@ def test_non_finite_values_and_batch_limit() -> None:
     raw = json.dumps({"instances": [img.tolist()]}).replace("NaN", "NaN").encode()
     with pytest.raises(InvalidArgument, match="NaN or infinite"):
         parse_predict_body(raw)
-    with pytest.raises(InvalidArgument, match="exceeds the limit of 2"):
+    with pytest.raises(InvalidArgument, match="Task size 3 is larger than maximum input batch size 2"):
         parse_predict_body(body({"instances": [IMG.tolist()] * 3}), max_batch_size=2)
 
 
@@ -205,6 +206,21 @@ def test_fast_path_rejects_exactly_what_json_and_validation_reject(first_leaf: s
         parse_predict_body(body)
     if first_leaf != "[1e39]":  # that one parses and then fails validation, inside the fast path
         assert _fast_parse(body, None) is None
+
+
+@pytest.mark.parametrize(
+    ("first_leaf", "needle"),
+    [
+        ('["0.5"]', "found a string"),  # numpy would happily convert these four to floats
+        ("[true]", "found a boolean"),
+        ("[false]", "found a boolean"),
+        ("[null]", "found a null"),
+        ("[1" + "0" * 400 + "]", "too large for float32"),  # an int no float holds: was an OverflowError (500)
+    ],
+)
+def test_non_numbers_and_huge_integers_in_a_well_shaped_image_are_invalid(first_leaf: str, needle: str) -> None:
+    with pytest.raises(InvalidArgument, match=needle):
+        parse_predict_body(_one_image_body(first_leaf))
 
 
 def test_fast_path_accepts_json_whitespace_around_the_tensor() -> None:

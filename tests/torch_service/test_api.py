@@ -125,7 +125,7 @@ def test_bad_predict_bodies_are_400_and_service_keeps_serving(
 def test_too_large_batch_is_400(client: httpx.Client) -> None:
     images = np.zeros((33, 28, 28, 1), dtype=np.float32)  # the project file's max_batch_size is 32
     r = client.post("/v1/models/cnn:predict", json={"instances": images.tolist()})
-    assert r.status_code == 400 and "exceeds the limit of 32" in r.json()["error"]
+    assert r.status_code == 400 and "is larger than maximum input batch size 32" in r.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -220,6 +220,8 @@ def _infer_body(**tensor: object) -> dict:
         (_infer_body(shape=[1, 28, 28]), "[N, 28, 28, 1]"),
         (_infer_body(shape=[2, 28, 28, 1]), "needs 1568"),
         (_infer_body(data=["x"] * 784), "must be numbers"),
+        (_infer_body(data=[True] * 784), "found a boolean"),  # numpy would make it 1.0
+        (_infer_body(data=["0.5"] * 784), "found a string"),
         (_infer_body(shape="1,28,28,1"), "'shape'"),
         ({"inputs": []}, "non-empty"),
         ({"inputs": [_infer_body()["inputs"][0]] * 2}, "exactly one"),

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from serving_core import contract
 from serving_core.errors import InvalidArgument, NotFound, Unavailable
-from serving_core.tfs_rest import validate_images
+from serving_core.tfs_rest import to_float32_array, validate_images
 from torch_service.protocol.common import json_body_doc, json_response, parse, runtime
 
 router = APIRouter(tags=["Open Inference Protocol (KServe v2)"])
@@ -83,12 +83,8 @@ def parse_infer_body(body: bytes, *, max_batch_size: int | None = None) -> Infer
         raise InvalidArgument(f"Input '{name}' needs 'shape' as a list of non-negative integers, got {shape!r}")
     if "data" not in tensor:
         raise InvalidArgument(f"Input '{name}' has no 'data' (binary tensor data is not supported)")
-    try:
-        arr = np.asarray(tensor["data"], dtype=np.float32)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(
-            f"Input '{name}' data must be numbers (flat, or nested to match 'shape'): {exc}"
-        ) from None
+    # The TF-REST parser's conversion: strings, booleans and nulls are refused, not turned into floats.
+    arr = to_float32_array(tensor["data"], f"Input '{name}' data", "numbers (flat, or nested to match 'shape')")
     if arr.size != math.prod(shape):
         raise InvalidArgument(f"Input '{name}' has {arr.size} values but shape {shape} needs {math.prod(shape)}")
     if arr.ndim > 1 and list(arr.shape) != shape:
