@@ -188,6 +188,53 @@ async def test_full_queue_is_unavailable_over_grpc(repo: Path, golden: dict[str,
         reg.stop()
 
 
+async def test_grpc_inputs_refused_from_the_tensor_header(repo: Path, golden: dict[str, np.ndarray]) -> None:
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    reg = _registry(repo, load_batching_parameters(BATCHING_CONFIG))
+    await asyncio.to_thread(reg.start)
+    port = free_port()
+    server = create_grpc_server(reg, host="127.0.0.1", port=port, max_message_bytes=1 << 24)
+    await server.start()
+
+    def header_only(shape: list[int], dtype: int = 1) -> tensor_pb2.TensorProto:
+        # A shape and no values: TensorFlow would fill such a tensor in, whatever its size.
+        dims = [tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape]
+        return tensor_pb2.TensorProto(dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=dims))
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+            cases = [
+                ({"images": header_only([1_000_000, 28, 28, 1])}, "Task size 1000000 is larger than maximum"),
+                ({"images": header_only([2**40, 28, 28, 1])}, "Task size 1099511627776"),  # was INTERNAL MemoryError
+                ({"images": header_only([1, 28, 28, 1], dtype=2)}, "Expects arg[0] to be float but double"),
+                ({"images": header_only([1, 784])}, "must have shape [N, 28, 28, 1]"),
+                (
+                    {"pixels": numpy_to_tensor(golden["images"][:1])},
+                    "input tensor alias not found in signature: pixels",
+                ),
+            ]
+            for inputs, needle in cases:
+                req = predict_pb2.PredictRequest()
+                req.model_spec.name = "cnn"
+                for k, t in inputs.items():
+                    req.inputs[k].CopyFrom(t)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Predict(req, timeout=30)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (needle, err.value.details())
+                assert needle in (err.value.details() or ""), err.value.details()
+            # Still serving, and a header-only tensor of an allowed size is zeros, as in TensorFlow.
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "cnn"
+            req.inputs["images"].CopyFrom(header_only([2, 28, 28, 1]))
+            resp = await stub.Predict(req, timeout=30)
+            assert tensor_to_numpy(resp.outputs["probabilities"]).shape == (2, 10)
+    finally:
+        await server.stop(grace=1)
+        reg.stop()
+
+
 async def test_batching_off_serves_directly(repo: Path, golden: dict[str, np.ndarray]) -> None:
     reg = _registry(repo, None)
     await asyncio.to_thread(reg.start)

@@ -26,6 +26,39 @@ from tf_serving.compat.model import ModelRegistry
 _NP_TO_DT = {np.dtype(np.float32): 1, np.dtype(np.int64): 9}  # DT_FLOAT, DT_INT64 (types.proto)
 
 
+# types.proto names, for the message TensorFlow gives when a feed has the wrong dtype.
+_DT_NAMES = {
+    1: "float",
+    2: "double",
+    3: "int32",
+    4: "uint8",
+    6: "int8",
+    7: "string",
+    9: "int64",
+    10: "bool",
+    19: "half",
+}
+
+
+def check_input_tensor(tensor: Any, *, max_batch_size: int | None, max_elements: int) -> None:
+    """Refuse a wrong dtype or shape from the proto's header alone, before any value is decoded.
+
+    A TensorProto may carry a shape and no values (TensorFlow fills such a tensor in), so a 20-byte
+    request can name a tensor of gigabytes: it is refused here, cheaply, not after allocating it."""
+    if tensor.dtype != 1:
+        name = _DT_NAMES.get(tensor.dtype, f"dtype enum {tensor.dtype}")
+        raise InvalidArgument(f"Expects arg[0] to be float but {name} is provided")
+    shape = [d.size for d in tensor.tensor_shape.dim]
+    if len(shape) != 4 or tuple(shape[1:]) != contract.INSTANCE_SHAPE or shape[0] < 0:
+        raise InvalidArgument(
+            f"Input '{contract.INPUT_NAME}' must have shape [N, 28, 28, 1] (NHWC, float32 in [0, 1]); got {shape}"
+        )
+    if max_batch_size is not None and shape[0] > max_batch_size:
+        raise InvalidArgument(f"Task size {shape[0]} is larger than maximum input batch size {max_batch_size}")
+    if shape[0] * int(np.prod(contract.INSTANCE_SHAPE)) > max_elements:
+        raise InvalidArgument(f"Input '{contract.INPUT_NAME}' of shape {shape} is larger than any request may carry")
+
+
 def tensor_to_numpy(tensor: Any) -> np.ndarray:
     """A TensorProto as float32 numpy; the common `tensor_content` case is decoded without TensorFlow."""
     shape = [d.size for d in tensor.tensor_shape.dim]
@@ -72,8 +105,11 @@ async def _abort(context: grpc.aio.ServicerContext, exc: ServingError) -> None:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, max_message_bytes: int = 64 * 1024 * 1024) -> None:
         self.registry = registry
+        batching = registry.config.batching
+        self.max_batch_size = batching.max_batch_size if batching is not None else None
+        self.max_elements = max_message_bytes // 4  # as many floats as the largest message could pack
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
@@ -100,15 +136,23 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             # predict_util.cc's status and wording for an unknown signature key.
             raise FailedPrecondition(f'Serving signature key "{sig}" not found.')
         names = set(request.inputs)
-        if names != {contract.INPUT_NAME}:
+        # predict_util.cc's checks and wording: the count first, then the alias.
+        if len(names) != 1:
             raise InvalidArgument(
                 f"input size does not match signature: {len(names)}!=1 for inputs {sorted(names)}; "
                 f"the signature has one input named '{contract.INPUT_NAME}'"
             )
+        if names != {contract.INPUT_NAME}:
+            raise InvalidArgument(
+                f"input tensor alias not found in signature: {next(iter(names))}. "
+                f"Inputs expected to be in the set {{{contract.INPUT_NAME}}}."
+            )
         unknown = [o for o in request.output_filter if o not in contract.OUTPUT_NAMES]
         if unknown:
             raise InvalidArgument(f"output tensor alias not found in signature: {unknown[0]}")
-        images = tfs_rest.validate_images(tensor_to_numpy(request.inputs[contract.INPUT_NAME]))
+        tensor = request.inputs[contract.INPUT_NAME]
+        check_input_tensor(tensor, max_batch_size=self.max_batch_size, max_elements=self.max_elements)
+        images = tfs_rest.validate_images(tensor_to_numpy(tensor))
         self.registry.manager(spec.name)  # NOT_FOUND for an unknown model before any work
         served, outputs = await self.registry.predict(spec.name, version, images)
         response = predict_pb2.PredictResponse()
@@ -194,7 +238,9 @@ def create_grpc_server(registry: ModelRegistry, *, host: str, port: int, max_mes
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(registry), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(registry, max_message_bytes=max_message_bytes), server
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
