@@ -44,7 +44,8 @@ class PredictFastPath:
         try:
             body = await _read_body(receive)
             if body is None:
-                return  # the client went away before sending its body: nobody to answer
+                info["client_gone"] = True  # went away before sending its body: nobody to answer (499)
+                return
             content, headers = await serve_predict(
                 self.gateway,
                 info,

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import PayloadTooLarge
@@ -102,8 +103,12 @@ class GatewayMiddleware:
                 status_box[0] = 413
                 return
             await self.app(scope, self._capped(receive) if length is None else receive, send_with_id)
+        except ClientDisconnect:
+            # The client left before its body arrived (FastAPI routes raise this; the fast path sets
+            # client_gone). Nobody is left to answer, and it is not a server error: 499, as nginx logs it.
+            info["client_gone"] = True
         finally:
-            self._record(scope, info, status_box[0], start)
+            self._record(scope, info, 499 if info.get("client_gone") else status_box[0], start)
 
     def _capped(self, receive: Receive) -> Receive:
         """Chunked bodies have no Content-Length: count as they arrive and stop at the cap."""

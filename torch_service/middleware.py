@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving_core.errors import PayloadTooLarge
@@ -84,6 +85,10 @@ class ServingMiddleware:
                 await send(message)
 
             await self.app(scope, counting_receive, recording_send)
+        except ClientDisconnect:
+            # The client left before its body arrived: nobody to answer, and not a server error (499,
+            # as nginx logs it) — counting it as a 500 would page someone for a client's hang-up.
+            status[0] = 499
         finally:
             m.in_flight.dec()
             m.requests.labels(endpoint, str(status[0])).inc()

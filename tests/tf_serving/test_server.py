@@ -86,6 +86,21 @@ async def test_batch_larger_than_max_batch_size_is_invalid(
     assert "larger than maximum input batch size 32" in r.json()["error"]
 
 
+async def test_chunked_body_is_cut_off_at_the_limit_not_read_whole(client: httpx.AsyncClient) -> None:
+    # No Content-Length: the server must count as it reads. 100 chunks of 100 KB against a 1 MB limit.
+    pulled = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(100):
+            pulled += 1
+            yield b" " * 100_000
+
+    r = await client.post("/v1/models/cnn:predict", content=chunks())
+    assert r.status_code == 413 and "exceeds the limit of 1000000 bytes" in r.json()["error"], r.text
+    assert pulled <= 12, f"{pulled} of 100 chunks were read before the 413"
+
+
 async def test_hot_swap_while_serving(repo: Path, golden: dict[str, np.ndarray]) -> None:
     reg = _registry(repo, load_batching_parameters(BATCHING_CONFIG), poll_s=0.2)
     await asyncio.to_thread(reg.start)
@@ -332,5 +347,45 @@ async def test_rest_deadline_is_504(repo: Path, golden: dict[str, np.ndarray]) -
             # batch, which then runs at once, so the server still answers within the deadline.
             r = await c.post("/v1/models/cnn:predict", json={"instances": _images(golden, 3)})
             assert r.status_code == 200
+    finally:
+        reg.stop()
+
+
+async def test_client_gone_mid_body_is_cancelled_not_internal(repo: Path) -> None:
+    reg = _registry(repo, load_batching_parameters(BATCHING_CONFIG))
+    await asyncio.to_thread(reg.start)
+    app = create_app(reg.settings, reg)
+    chunks = iter(
+        [{"type": "http.request", "body": b'{"instances": [', "more_body": True}, {"type": "http.disconnect"}]
+    )
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(chunks)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/models/cnn:predict",
+        "raw_path": b"/v1/models/cnn:predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-length", b"5000")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8501),
+    }
+    try:
+        await app(scope, receive, send)  # was: ClientDisconnect escaping as "Exception in ASGI application"
+        assert [m.get("status") for m in sent if m["type"] == "http.response.start"] in ([], [499])
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://compat") as c:
+            text = (await c.get("/monitoring/prometheus/metrics")).text
+        assert ':tensorflow:serving:request_count{model_name="cnn",status="CANCELLED"} 1' in text
+        assert 'status="INTERNAL"' not in text
     finally:
         reg.stop()

@@ -6,6 +6,8 @@ Checks TF Serving's REST API shapes, the Open Inference Protocol, golden predict
 from __future__ import annotations
 
 import re
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,6 +170,30 @@ def test_body_limit_by_content_length_and_by_streamed_bytes(
             assert ok.status_code == 200
     finally:
         s.proc.stop()
+
+
+def _requests_counted(client: httpx.Client, status: str) -> float:
+    m = re.search(
+        rf'torch_service_requests_total{{endpoint="predict",status="{status}"}} ([0-9.e+]+)',
+        client.get("/metrics").text,
+    )
+    return float(m.group(1)) if m else 0.0
+
+
+def test_client_gone_mid_body_is_counted_499_not_500(server: Server, client: httpx.Client) -> None:
+    before_500, before_499 = _requests_counted(client, "500"), _requests_counted(client, "499")
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/models/cnn:predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n")
+        sock.sendall(b"Content-Length: 100000\r\n\r\n" + b'{"instances": [' + b"0," * 500)
+    deadline = time.monotonic() + 10
+    while _requests_counted(client, "499") == before_499 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _requests_counted(client, "499") == before_499 + 1
+    assert _requests_counted(client, "500") == before_500
+    assert (
+        client.post("/v1/models/cnn:predict", json={"instances": np.zeros((1, 28, 28, 1)).tolist()}).status_code == 200
+    )
 
 
 # ------------------------------------------------------------------------------------------- OIP

@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from serving_core import tfs_rest
 from serving_core.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, PayloadTooLarge, ServingError
@@ -48,6 +49,19 @@ def _lifespan(settings: Settings, registry: ModelRegistry | None):
                 await asyncio.to_thread(reg.stop)
 
     return lifespan
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit`: a chunked body has no Content-Length
+    to check first, and reading it whole before checking would let one request fill the memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _check_label(path: tfs_rest.ModelPath) -> None:
@@ -93,17 +107,17 @@ def _add_model_routes(app: FastAPI, settings: Settings) -> None:
                 raise PayloadTooLarge(
                     f"Request body of {length} bytes exceeds the limit of {settings.max_body_bytes} bytes"
                 )
-            body = await request.body()
-            if len(body) > settings.max_body_bytes:
-                raise PayloadTooLarge(
-                    f"Request body of {len(body)} bytes exceeds the limit of {settings.max_body_bytes} bytes"
-                )
+            body = await _read_capped(request, settings.max_body_bytes)
             req = tfs_rest.parse_predict_body(body)
             try:
                 _, outputs = await asyncio.wait_for(registry.predict(path.name, path.version, req.images), timeout_s)
             except TimeoutError:
                 raise DeadlineExceeded(f"Request timed out after {settings.rest_api_timeout_in_ms} ms") from None
             return Response(tfs_rest.predict_response(req.format, outputs), media_type="application/json")
+        except ClientDisconnect:
+            # The client left mid-body: nobody to answer and nothing went wrong here (499, as nginx logs it).
+            status = "CANCELLED"
+            return Response(status_code=499)
         except ServingError as exc:
             status = exc.tf_code
             raise
