@@ -57,6 +57,8 @@ def endpoints_from_settings(settings: Any) -> Endpoints:
         tf_rest_urls=tuple(getattr(settings, "tf_rest_urls", ["http://127.0.0.1:8501"])),
         tf_grpc_targets=tuple(getattr(settings, "tf_grpc_targets", ["127.0.0.1:8500"])),
         gateway_url=f"http://{host}:{port}",
+        # Its own load tests through itself authenticate like any client (with the first key).
+        gateway_api_key=(getattr(settings, "api_keys", None) or [None])[0],
     )
 
 

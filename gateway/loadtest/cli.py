@@ -8,6 +8,7 @@ that does not answer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import threading
 import time
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="comma-separated: torch, tf, tf-grpc, gateway-torch, gateway-tf")
     p.add_argument("--baseline", help="the target the others are compared with")
     p.add_argument("--via-gateway", metavar="URL", help="measure torch and tf through the gateway at URL")
+    p.add_argument(
+        "--api-key",
+        help="bearer key for the gateway, when it has GATEWAY_API_KEYS (default: $LOADTEST_API_KEY; prefer the "
+        "variable, a flag shows in the process list)",
+    )
     p.add_argument("--torch-url", help="overrides GATEWAY_TORCH_URLS")
     p.add_argument("--tf-rest-url", help="overrides GATEWAY_TF_REST_URLS")
     p.add_argument("--tf-grpc-target", help="overrides GATEWAY_TF_GRPC_TARGETS")
@@ -148,15 +154,13 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
 def endpoints_from_args(args: argparse.Namespace) -> Endpoints:
     ep = Endpoints.from_env(args.via_gateway)
     if args.torch_url:
-        ep = Endpoints(
-            tuple(u.rstrip("/") for u in args.torch_url.split(",")), ep.tf_rest_urls, ep.tf_grpc_targets, ep.gateway_url
-        )
+        ep = dataclasses.replace(ep, torch_urls=tuple(u.rstrip("/") for u in args.torch_url.split(",")))
     if args.tf_rest_url:
-        ep = Endpoints(
-            ep.torch_urls, tuple(u.rstrip("/") for u in args.tf_rest_url.split(",")), ep.tf_grpc_targets, ep.gateway_url
-        )
+        ep = dataclasses.replace(ep, tf_rest_urls=tuple(u.rstrip("/") for u in args.tf_rest_url.split(",")))
     if args.tf_grpc_target:
-        ep = Endpoints(ep.torch_urls, ep.tf_rest_urls, tuple(args.tf_grpc_target.split(",")), ep.gateway_url)
+        ep = dataclasses.replace(ep, tf_grpc_targets=tuple(args.tf_grpc_target.split(",")))
+    if args.api_key:
+        ep = dataclasses.replace(ep, gateway_api_key=args.api_key)
     return ep
 
 

@@ -231,7 +231,7 @@ def _run_raw_closed_loop(spec: StepSpec, bodies: BodySet, cancel: threading.Even
     # Worker k takes request numbers k, k+W, k+2W...: the merged run sends the sequence in order.
     numbers = itertools.count(spec.worker_index, spec.worker_count)
     addrs = spec.target.addresses
-    encoded = {a: rawhttp.encode_posts(a, spec.target.path, bodies.rest) for a in addrs}
+    encoded = {a: rawhttp.encode_posts(a, spec.target.path, bodies.rest, spec.target.headers) for a in addrs}
     # Connection i of worker k goes to replica (k + i) mod R, as the asyncio client's did.
     slots = [addrs[(spec.worker_index + i) % len(addrs)] for i in range(per_worker)]
 
@@ -277,7 +277,7 @@ def _http_factory(spec: StepSpec):
 
     def make() -> HttpConnection:
         addrs = spec.target.addresses
-        return HttpConnection(addrs[next(counter) % len(addrs)], spec.target.path, spec.timeout_s)
+        return HttpConnection(addrs[next(counter) % len(addrs)], spec.target.path, spec.timeout_s, spec.target.headers)
 
     return make
 

@@ -22,6 +22,10 @@ from locust.contrib.fasthttp import FastHttpUser
 from gateway.loadtest.data import build_bodies, load_images
 from gateway.loadtest.targets import PREDICT_PATH
 
+# A gateway with GATEWAY_API_KEYS wants a bearer key on every predict.
+_HEADERS = {"Content-Type": "application/json"} | (
+    {"Authorization": f"Bearer {os.environ['LOADTEST_API_KEY']}"} if os.environ.get("LOADTEST_API_KEY") else {}
+)
 _BODIES = None
 
 
@@ -49,7 +53,7 @@ class PredictUser(FastHttpUser):
         with self.client.post(
             self.path,
             data=_BODIES.rest[idx],
-            headers={"Content-Type": "application/json"},
+            headers=_HEADERS,
             name="predict",
             catch_response=True,
         ) as resp:

@@ -33,20 +33,20 @@ SWEEP_S = 0.01  # how often timeouts, back-offs, the step end and cancellation a
 RECV_BYTES = 256 * 1024
 
 
-def request_head(base_url: str, path: str) -> bytes:
+def request_head(base_url: str, path: str, headers: str = "") -> bytes:
     """The request line and fixed headers of a POST to `path` under `base_url`, up to Content-Length."""
     parts = urlsplit(base_url)
     if parts.scheme != "http":
         raise TargetError(f"only http:// targets are supported by the raw client: {base_url}")
     return (
         f"POST {parts.path.rstrip('/')}{path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        "Content-Type: application/json\r\nAccept: application/json\r\n"
+        f"Content-Type: application/json\r\nAccept: application/json\r\n{headers}"
     ).encode()
 
 
-def encode_posts(base_url: str, path: str, bodies: Sequence[bytes]) -> list[bytes]:
+def encode_posts(base_url: str, path: str, bodies: Sequence[bytes], headers: str = "") -> list[bytes]:
     """Whole requests, encoded once before the run so the hot loop only writes bytes."""
-    head = request_head(base_url, path)
+    head = request_head(base_url, path, headers)
     return [head + b"Content-Length: %d\r\n\r\n" % len(b) + b for b in bodies]
 
 

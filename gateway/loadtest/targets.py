@@ -33,6 +33,8 @@ class Endpoints:
     tf_rest_urls: tuple[str, ...] = ("http://127.0.0.1:8501",)
     tf_grpc_targets: tuple[str, ...] = ("127.0.0.1:8500",)
     gateway_url: str | None = None
+    # Sent as a bearer token to gateway-* targets when the gateway has API keys (GATEWAY_API_KEYS).
+    gateway_api_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, gateway_url: str | None = None) -> Endpoints:
@@ -44,6 +46,7 @@ class Endpoints:
             tf_rest_urls=csv("GATEWAY_TF_REST_URLS", "http://127.0.0.1:8501"),
             tf_grpc_targets=csv("GATEWAY_TF_GRPC_TARGETS", "127.0.0.1:8500"),
             gateway_url=gateway_url.rstrip("/") if gateway_url else None,
+            gateway_api_key=os.environ.get("LOADTEST_API_KEY") or None,
         )
 
 
@@ -61,6 +64,7 @@ class Target:
     metrics_entrypoint: str = ""  # TF Serving's `entrypoint` label: REST or GRPC
     status_url: str | None = None
     ports: tuple[int, ...] = field(default_factory=tuple)  # backend listening ports, for resource use
+    headers: str = field(default="", repr=False)  # extra request header lines ("Name: value\r\n"...)
 
 
 def resolve(name: str, ep: Endpoints) -> Target:
@@ -121,6 +125,7 @@ def resolve(name: str, ep: Endpoints) -> Target:
             metrics_entrypoint="GRPC" if backend == "tf" else "",
             status_url=inner.status_url,
             ports=inner.ports,
+            headers=f"Authorization: Bearer {ep.gateway_api_key}\r\n" if ep.gateway_api_key else "",
         )
     raise TargetError(f"unknown target {name!r}; known: {', '.join(TARGET_NAMES)}")
 
@@ -159,7 +164,7 @@ class HttpConnection:
     is what decides how much load one generator core can offer (benchmarks/loadgen_vs_wrk.py).
     """
 
-    def __init__(self, base_url: str, path: str, timeout_s: float):
+    def __init__(self, base_url: str, path: str, timeout_s: float, headers: str = ""):
         parts = urlsplit(base_url)
         if parts.scheme != "http":
             raise TargetError(f"only http:// targets are supported by the raw client: {base_url}")
@@ -169,7 +174,7 @@ class HttpConnection:
         base_path = parts.path.rstrip("/")
         self.head = (
             f"POST {base_path}{path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            "Content-Type: application/json\r\nAccept: application/json\r\n"
+            f"Content-Type: application/json\r\nAccept: application/json\r\n{headers}"
         ).encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None

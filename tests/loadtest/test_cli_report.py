@@ -165,3 +165,21 @@ def test_report_renders_without_server_metrics_or_steps(tmp_path):
     }
     paths = write_report(result, tmp_path / "out")
     _Tags().feed(paths["html"].read_text())
+
+
+def test_gateway_targets_carry_the_api_key_from_flag_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.loadtest import rawhttp
+    from gateway.loadtest.cli import build_parser, endpoints_from_args
+    from gateway.loadtest.targets import resolve
+
+    monkeypatch.setenv("LOADTEST_API_KEY", "from-env")
+    args = build_parser().parse_args(["--via-gateway", "http://127.0.0.1:8000", "--torch-url", "http://h:1"])
+    ep = endpoints_from_args(args)
+    assert ep.torch_urls == ("http://h:1",) and ep.gateway_api_key == "from-env"  # kept through the overrides
+    target = resolve("gateway-torch", ep)
+    wire = rawhttp.encode_posts(target.addresses[0], target.path, [b"{}"], target.headers)[0]
+    assert b"\r\nAuthorization: Bearer from-env\r\n" in wire and wire.endswith(b"\r\n\r\n{}")
+    assert "from-env" not in repr(ep) and "from-env" not in repr(target)  # never printed by accident
+    assert resolve("torch", ep).headers == ""  # the backends themselves take no key
+    args = build_parser().parse_args(["--via-gateway", "http://127.0.0.1:8000", "--api-key", "from-flag"])
+    assert resolve("gateway-tf", endpoints_from_args(args)).headers == "Authorization: Bearer from-flag\r\n"

@@ -24,7 +24,7 @@ def test_loadtest_through_the_gateway_api(fake_server, synthetic_repo, tmp_path)
     gw = ManagedProcess.python_module(
         "gateway",
         "gateway",
-        ready_url=f"http://127.0.0.1:{port}/v1/loadtests",
+        ready_url=f"http://127.0.0.1:{port}/healthz",
         log_dir=tmp_path / "logs",
         env={
             "GATEWAY_PORT": str(port),
@@ -34,14 +34,24 @@ def test_loadtest_through_the_gateway_api(fake_server, synthetic_repo, tmp_path)
             "GATEWAY_LOADTEST_REPORTS_DIR": str(tmp_path / "reports"),
             "GATEWAY_LOADTEST_MAX_DURATION_S": "60",
             "MODEL_REPOSITORY": str(synthetic_repo),
+            # With keys on, its own gateway-* targets must authenticate like any client (they got 401).
+            "GATEWAY_API_KEYS": "k-one,k-two",
         },
         cwd=ROOT,
     ).start()
     try:
         gw.wait_ready(120)
         base = f"http://127.0.0.1:{port}"
-        scenario = {"name": "viaapi", "targets": ["torch", "tf"], "duration_s": 1.0, "rounds": 2, "warmup_s": 0.5}
+        scenario = {
+            "name": "viaapi",
+            "targets": ["torch", "gateway-tf"],
+            "duration_s": 1.0,
+            "rounds": 2,
+            "warmup_s": 0.5,
+        }
         with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.get("/v1/loadtests").status_code == 401
+            client.headers["Authorization"] = "Bearer k-two"
             assert client.post("/v1/loadtests", json={**scenario, "rounds": 500}).status_code == 400
             r = client.post("/v1/loadtests", json=scenario)
             assert r.status_code == 202, r.text
