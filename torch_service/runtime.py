@@ -135,9 +135,10 @@ class ModelRuntime:
         """Blocking: stop polling, drain each version's queue, unload."""
         self.manager.stop()
 
-    def check_name(self, name: str) -> None:
+    def check_name(self, name: str, version: int | None = None) -> None:
         if name != self.settings.model_name:
-            raise NotFound(f"Servable not found for request: Latest({name})")
+            what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+            raise NotFound(f"Servable not found for request: {what}")
 
     async def predict(self, version: int | None, images: np.ndarray) -> tuple[int, Outputs]:
         with self.manager.acquire(version) as (v, servable):

@@ -69,6 +69,12 @@ async def test_rest_errors_keep_the_server_serving(client: httpx.AsyncClient, go
         r = await client.post(url, content=body)
         assert r.status_code == status, (url, r.text)
         assert isinstance(r.json()["error"], str) and r.json()["error"]
+    for url, needle in (
+        ("/v1/models/other:predict", "Latest(other)"),
+        ("/v1/models/other/versions/1:predict", "Specific(other, 1)"),  # said Latest(other)
+    ):
+        r = await client.post(url, json={"instances": _images(golden, 1)})
+        assert r.status_code == 404 and needle in r.json()["error"], r.text
     r = await client.post("/v1/models/cnn:predict", json={"instances": _images(golden, 3)})
     assert r.status_code == 200
     assert [p["classes"] for p in r.json()["predictions"]] == golden["classes"][:3].tolist()

@@ -139,6 +139,7 @@ def test_too_large_batch_is_400(client: httpx.Client) -> None:
         ("GET", "/v1/models/cnn/versions/7/metadata", 404, "Specific(cnn, 7)"),
         ("POST", "/v1/models/cnn/versions/7:predict", 404, "Specific(cnn, 7)"),
         ("POST", "/v1/models/other:predict", 404, "Latest(other)"),
+        ("POST", "/v1/models/other/versions/1:predict", 404, "Specific(other, 1)"),
         ("POST", "/v1/models/cnn:classify", 400, "tensorflow/serving/predict"),
         ("POST", "/v1/models/cnn:explode", 404, "Unsupported verb"),
         ("POST", "/v1/models/cnn", 404, "Malformed request"),

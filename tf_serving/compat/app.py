@@ -80,7 +80,7 @@ def _add_model_routes(app: FastAPI, settings: Settings) -> None:
         if path.verb is not None:
             raise NotFound(f"Malformed request: GET {request.url.path}")
         if path.metadata:
-            manager = registry.manager(path.name)
+            manager = registry.manager(path.name, version=path.version)
             with manager.acquire(path.version) as (v, loaded):
                 doc = tfs_rest.model_metadata_json(path.name, v, loaded.servable.signature_json)
             return JSONResponse(doc)

@@ -153,7 +153,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         tensor = request.inputs[contract.INPUT_NAME]
         check_input_tensor(tensor, max_batch_size=self.max_batch_size, max_elements=self.max_elements)
         images = tfs_rest.validate_images(tensor_to_numpy(tensor))
-        self.registry.manager(spec.name)  # NOT_FOUND for an unknown model before any work
+        self.registry.manager(spec.name, version=version)  # NOT_FOUND for an unknown model before any work
         served, outputs = await self.registry.predict(spec.name, version, images)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = spec.name

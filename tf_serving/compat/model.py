@@ -110,18 +110,21 @@ class ModelRegistry:
         loaded.scheduler.close()
 
     # -- serving ----------------------------------------------------------------------------------
-    def manager(self, model_name: str, *, for_status: bool = False) -> ServableManager[LoadedVersion]:
+    def manager(
+        self, model_name: str, *, for_status: bool = False, version: int | None = None
+    ) -> ServableManager[LoadedVersion]:
         m = self.managers.get(model_name)
         if m is None:
             # TF Serving's wording: status lookups vs. servable lookups.
             if for_status:
                 raise NotFound(f"Could not find any versions of model {model_name}")
-            raise NotFound(f"Servable not found for request: Latest({model_name})")
+            what = f"Specific({model_name}, {version})" if version is not None else f"Latest({model_name})"
+            raise NotFound(f"Servable not found for request: {what}")
         return m
 
     @contextmanager
     def acquire(self, model_name: str, version: int | None) -> Iterator[tuple[int, LoadedVersion]]:
-        with self.manager(model_name).acquire(version) as (v, loaded):
+        with self.manager(model_name, version=version).acquire(version) as (v, loaded):
             yield v, loaded
 
     async def predict(

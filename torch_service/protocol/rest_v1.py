@@ -63,7 +63,7 @@ async def v1_post(request: Request) -> Response:
         raise NotFound(f"Malformed request: POST {path}")
     if mp.label is not None:
         raise InvalidArgument(f"Unrecognized servable version label: {mp.label}")
-    rt.check_name(mp.name)
+    rt.check_name(mp.name, mp.version)
     if mp.verb != "predict":
         raise InvalidArgument(
             f"Expected {mp.verb} signature method_name to be tensorflow/serving/{mp.verb}. "

@@ -136,8 +136,8 @@ async def ready(request: Request) -> Response:
 
 def _model_ready(request: Request, name: str, version: str | None) -> Response:
     rt = runtime(request)
-    rt.check_name(name)
     v = _version(version)
+    rt.check_name(name, v)
     try:
         rt.manager.resolve(v)
     except NotFound as exc:
@@ -157,8 +157,8 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
 
 def _metadata(request: Request, name: str, version: str | None) -> Response:
     rt = runtime(request)
-    rt.check_name(name)
     v = _version(version)
+    rt.check_name(name, v)
     versions = [rt.manager.resolve(v)] if v is not None else rt.manager.available_versions()
     if not versions:
         raise NotFound(f"Servable not found for request: Latest({name})")
@@ -185,8 +185,8 @@ async def model_version_metadata(request: Request, name: str, version: str) -> R
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     rt = runtime(request)
-    rt.check_name(name)
     v = _version(version)
+    rt.check_name(name, v)
     rt.manager.resolve(v)  # unknown version: 404 before the body is parsed
     body = await request.body()
     req = await parse(body, parse_infer_body, max_batch_size=rt.sched.request_limit)
