@@ -60,7 +60,8 @@ def test_unreachable_backend_is_503_with_error(client: TestClient, backend: str)
 def test_compare_with_both_down_says_why_for_each(client: TestClient) -> None:
     r = client.post("/v1/compare", json={"instances": IMG})
     doc = r.json()
-    assert r.status_code == 503 and doc["failed"] == ["torch", "tf"]
+    assert r.status_code == 503 and doc["failed"] == ["torch", "tf"] and doc["partial"] is False
+    assert "torch:" in doc["error"] and "tf:" in doc["error"]
     assert doc["backends"]["torch"]["ok"] is False and "unavailable" in doc["backends"]["tf"]["error"]
 
 
