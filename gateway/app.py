@@ -33,6 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await gw.stop()
 
     app = FastAPI(
+        # A stray trailing slash is a 404 {"error"} like any unknown path, not a 307 without a body.
+        redirect_slashes=False,
         title="cnn-serving gateway",
         version="0.1.0",
         description="One REST front door for torch_service and TensorFlow Serving: TF-Serving-shaped predict "

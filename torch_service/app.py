@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     runtime = ModelRuntime.build(settings)  # fails fast on a bad device or batching file
     app = FastAPI(
+        # A stray trailing slash is a 404 {"error"} like any unknown path, not a 307 without a body.
+        redirect_slashes=False,
         title="torch_service",
         version=__version__,
         description="TorchScript CNN behind TensorFlow Serving's REST API and the Open Inference Protocol (v2).",

@@ -117,6 +117,11 @@ def test_body_cap_with_and_without_content_length(client: TestClient) -> None:
 def test_classify_input_errors(client: TestClient) -> None:
     r = client.post("/v1/classify", content=b"garbage", headers={"content-type": "image/png"})
     assert r.status_code == 400 and "cannot decode image" in r.json()["error"]
+    for fmt in ("GIF", "BMP", "WEBP", "TIFF"):  # decodable by Pillow, but only PNG and JPEG are accepted
+        buf = io.BytesIO()
+        Image.fromarray(np.full((28, 28), 200, np.uint8)).save(buf, fmt)
+        r = client.post("/v1/classify", content=buf.getvalue(), headers={"content-type": "image/png"})
+        assert r.status_code == 400 and "not a PNG or JPEG" in r.json()["error"], (fmt, r.text)
     r = client.post("/v1/classify", content=b"x" * 60_000, headers={"content-type": "image/jpeg"})
     assert r.status_code == 413 and "limit of 50000" in r.json()["error"]
     r = client.post("/v1/classify", content=b"{}", headers={"content-type": "application/json"})
@@ -270,3 +275,8 @@ async def test_client_gone_mid_body_is_499_not_a_server_error(path: str, caplog:
     assert sent == []  # nobody left to answer
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
     assert [line["status"] for line in lines] == [499]
+
+
+def test_trailing_slash_is_a_json_404_not_a_redirect(client: TestClient) -> None:
+    r = client.post("/v1/models/cnn:predict/", json={"instances": IMG}, follow_redirects=False)
+    assert r.status_code == 404 and r.json()["error"]
