@@ -10,6 +10,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import load_settings
+from serving_core.http_protocol import timed_protocol
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
         log_level=settings.log_level,
         access_log=False,  # ours is structured and carries the backend and replica
         loop="uvloop",
-        http="httptools",
+        http=timed_protocol(settings.request_read_timeout_s),  # httptools, with a time limit per request
         timeout_graceful_shutdown=10,
     )
 

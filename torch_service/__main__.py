@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from serving_core.batching import BatchingConfigError
+    from serving_core.http_protocol import timed_protocol
     from torch_service.app import create_app
     from torch_service.model import DeviceError
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
+        http=timed_protocol(settings.request_read_timeout_s),  # httptools, with a time limit per request
         lifespan="on",
         log_level=settings.log_level,
         access_log=settings.access_log,

@@ -27,6 +27,7 @@ def _configure_tensorflow(settings: Settings) -> None:
 async def _serve(settings: Settings, config: ServerConfig) -> None:
     import uvicorn
 
+    from serving_core.http_protocol import timed_protocol
     from tf_serving.compat.app import create_app
     from tf_serving.compat.grpc_server import create_grpc_server
     from tf_serving.compat.model import ModelRegistry
@@ -42,6 +43,7 @@ async def _serve(settings: Settings, config: ServerConfig) -> None:
             log_level="warning",
             access_log=False,
             lifespan="on",
+            http=timed_protocol(),  # httptools; a request must arrive within 60 s (slowloris guard)
         )
     )
     grpc_server = None
