@@ -46,6 +46,12 @@ class UnsupportedMediaType(GatewayError):
     status = 415
 
 
+class NoDigitFound(GatewayError):
+    """A well-formed image with nothing on it: any label would be a guess."""
+
+    status = 422
+
+
 class UpstreamError(GatewayError):
     """The backend answered with an error; its status and message are passed through."""
 

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from gateway.errors import InvalidInput, PayloadTooLarge
+from gateway.errors import InvalidInput, NoDigitFound, PayloadTooLarge
 
 FRAME = 28
 BOX = 20  # MNIST's digit box; the trainer lays the bundled digits out the same way (trainer/data.py)
@@ -78,7 +78,8 @@ def to_mnist(img: Image.Image) -> np.ndarray:
     arr = np.clip(arr - background, 0.0, None)
     peak = float(arr.max())
     if peak <= 1e-6:
-        return np.zeros((FRAME, FRAME, 1), dtype=np.float32)  # blank picture: nothing to centre
+        # A blank picture (one colour, a 1x1 image): the model would still name a digit, at ~10%.
+        raise NoDigitFound("no digit found: the picture is a single uniform colour")
     arr = arr / peak
     rows = np.flatnonzero((arr > INK_THRESHOLD).any(axis=1))
     cols = np.flatnonzero((arr > INK_THRESHOLD).any(axis=0))

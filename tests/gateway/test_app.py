@@ -117,6 +117,10 @@ def test_body_cap_with_and_without_content_length(client: TestClient) -> None:
 def test_classify_input_errors(client: TestClient) -> None:
     r = client.post("/v1/classify", content=b"garbage", headers={"content-type": "image/png"})
     assert r.status_code == 400 and "cannot decode image" in r.json()["error"]
+    blank = io.BytesIO()
+    Image.fromarray(np.full((28, 28), 255, np.uint8)).save(blank, "PNG")
+    r = client.post("/v1/classify", content=blank.getvalue(), headers={"content-type": "image/png"})
+    assert r.status_code == 422 and "no digit found" in r.json()["error"]
     for fmt in ("GIF", "BMP", "WEBP", "TIFF"):  # decodable by Pillow, but only PNG and JPEG are accepted
         buf = io.BytesIO()
         Image.fromarray(np.full((28, 28), 200, np.uint8)).save(buf, fmt)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gateway.errors import InvalidInput, PayloadTooLarge
+from gateway.errors import InvalidInput, NoDigitFound, PayloadTooLarge
 from gateway.imaging import preprocess
 
 
@@ -56,8 +56,12 @@ def test_colour_and_transparent_drawings() -> None:
     assert np.abs(preprocess(encode(rgba), 10**7) - reference).max() < 0.05
 
 
-def test_blank_picture_gives_an_empty_frame() -> None:
-    assert preprocess(encode(np.full((50, 50), 255, np.uint8)), 10**7).max() == 0.0
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_blank_picture_is_no_digit_not_a_guess(value: int) -> None:
+    with pytest.raises(NoDigitFound, match="no digit found"):
+        preprocess(encode(np.full((50, 50), value, np.uint8)), 10**7)
+    with pytest.raises(NoDigitFound):
+        preprocess(encode(np.full((1, 1), value, np.uint8)), 10**7)
 
 
 def test_digits_in_mnist_layout_survive_the_round_trip() -> None:
