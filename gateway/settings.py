@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     balancer: Literal["least_outstanding", "round_robin"] = "least_outstanding"
     # Per upstream call. Predict on the small CNN takes milliseconds; 10 s only trips on a stuck backend.
     timeout_s: float = Field(10.0, gt=0)
-    # A client's whole request (head and body) must arrive within this, or its connection is closed
-    # (serving_core/http_protocol.py: idle and slowloris connections would otherwise be held forever).
+    # A request's head must arrive within this, and its body may not pause longer, or the connection is
+    # closed (serving_core/http_protocol.py: idle and slowloris connections would otherwise be held forever).
     request_read_timeout_s: float = Field(60.0, gt=0)
     connect_timeout_s: float = Field(1.0, gt=0)
     # Keep-alive pool per replica; enough for the load tests' highest concurrency without reconnects.

@@ -1,13 +1,16 @@
-"""uvicorn's httptools protocol with a time limit on reading each request.
+"""uvicorn's httptools protocol with time limits on reading a request.
 
 uvicorn closes a kept-alive connection that stays idle between requests (`timeout_keep_alive`), but it
 has no limit on the request itself: a connection that opens and sends nothing, a head trickled one
 byte at a time (slowloris) or a body that stops halfway holds its socket and file descriptor forever,
 and enough of them lock everyone out (a review opened 20,100 idle connections and the gateway's health
-check stopped answering). Here each request must arrive whole, head and body, within
-`request_read_timeout_s` of its first byte (of the connection, for the first one), or the connection
-is closed: the app, if it had started, sees `http.disconnect`. nginx's client_header_timeout and
-client_body_timeout default to 60 s; so does this.
+check stopped answering). The limits here are nginx's: the whole request head must arrive within
+`request_read_timeout_s` (client_header_timeout), counted from the connection or from the first byte
+after the previous answer, and while a body arrives no gap between two reads may be longer than that
+(client_body_timeout), so a slow but steady upload is never cut. nginx defaults both to 60 s; so does
+this. While uvicorn itself has stopped reading (the app has not taken the previous data, or a
+pipelined request waits its turn) the clock does not run. A connection past a limit is closed; the
+app, if it had started, sees `http.disconnect`.
 """
 
 from __future__ import annotations
@@ -25,37 +28,67 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._read_timer: asyncio.TimerHandle | None = None
+        # One timer per connection; the callback works out the current deadline and re-arms itself,
+        # so the hot path only stores timestamps.
+        self._timer: asyncio.TimerHandle | None = None
+        self._phase: str | None = None  # "head", "body", or None (no request being read)
+        self._since = 0.0  # head: when waiting for it began; body: the last read
 
-    def _arm(self) -> None:
-        if self._read_timer is None:
-            self._read_timer = self.loop.call_later(self.request_read_timeout_s, self._read_timed_out)
+    def _enter(self, phase: str) -> None:
+        self._phase = phase
+        self._since = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._since + self.request_read_timeout_s, self._check)
 
-    def _disarm(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-
-    def _read_timed_out(self) -> None:
-        self._read_timer = None
-        if not self.transport.is_closing():
-            self.logger.info("closing a connection whose request took over %gs to arrive", self.request_read_timeout_s)
-            self.transport.close()
+    def _check(self) -> None:
+        self._timer = None
+        if self._phase is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:
+            self._since = now  # uvicorn is not reading: the client cannot be the slow one
+        deadline = self._since + self.request_read_timeout_s
+        if now < deadline:
+            self._timer = self.loop.call_at(deadline, self._check)
+            return
+        what = "request head" if self._phase == "head" else "request body (no data)"
+        self.logger.info("closing a connection: %s for over %gs", what, self.request_read_timeout_s)
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()  # the first request's clock starts with the connection
+        self._enter("head")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm()  # a later request's clock starts with its first byte (idle time is keep-alive's)
+        if self._phase is None:  # a pipelined head that began while the previous answer was pending
+            self._enter("head")
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._enter("body")
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._since = self.loop.time()
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._phase = None
         super().on_message_complete()
 
+    def data_received(self, data: bytes) -> None:
+        # The first bytes after an answer start the clock for the next head (idle time before them
+        # is keep-alive's to limit). Stray bytes that begin no request, a blank line, stop uvicorn's
+        # keep-alive timer; this clock still runs for them.
+        if self._phase is None and (self.cycle is None or self.cycle.response_complete):
+            self._enter("head")
+        super().data_received(data)
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._phase = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
 

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # 32 MiB holds ~1000 images as JSON text; larger bodies are refused with 413 before they are read.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(default=30.0, gt=0)  # waiting for inference beyond this answers 504
-    # A client's whole request must arrive within this, or its connection is closed (slowloris guard).
+    # A request's head must arrive within this and its body may not pause longer (slowloris guard).
     request_read_timeout_s: float = Field(default=60.0, gt=0)
     graceful_shutdown_s: float = Field(default=30.0, gt=0)  # SIGTERM: time in-flight requests get to finish
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -112,3 +112,31 @@ async def test_kept_alive_clients_and_slow_answers_are_not_cut(server: tuple[int
         assert await reader.readexactly(2) == b"ok"
         await asyncio.sleep(LIMIT_S * 1.5)  # idle between requests longer than the limit: keep-alive's business
     writer.close()
+
+
+async def test_a_blank_line_after_an_answer_does_not_switch_the_clock_off(server: tuple[int, App]) -> None:
+    # uvicorn's keep-alive timer stops at any byte, and a blank line begins no request: before, such a
+    # connection was never closed.
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 200")
+    assert await reader.readexactly(2) == b"ok"
+    writer.write(b"\r\n")
+    await _closed_within(reader, 10)
+    writer.close()
+
+
+async def test_a_slow_but_steady_body_is_not_cut(server: tuple[int, App]) -> None:
+    # The body limit is on silence between reads (nginx's client_body_timeout), not on the total time.
+    port, app = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    chunks = 12
+    writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (chunks * 100))
+    for _ in range(chunks):  # 12 x 0.15 s = 1.8 s in all, three times the limit
+        writer.write(b"x" * 100)
+        await writer.drain()
+        await asyncio.sleep(LIMIT_S / 4)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200") and app.disconnects == 0
+    writer.close()

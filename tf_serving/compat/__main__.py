@@ -43,7 +43,7 @@ async def _serve(settings: Settings, config: ServerConfig) -> None:
             log_level="warning",
             access_log=False,
             lifespan="on",
-            http=timed_protocol(),  # httptools; a request must arrive within 60 s (slowloris guard)
+            http=timed_protocol(),  # httptools; a head within 60 s, no body pause over 60 s
         )
     )
     grpc_server = None
