@@ -20,6 +20,8 @@ BOX = 20  # MNIST's digit box; the trainer lays the bundled digits out the same 
 # Pixels brighter than this fraction of the ink's peak count as ink when finding the bounding box;
 # low enough to keep thin strokes, high enough to ignore JPEG ringing and paper texture.
 INK_THRESHOLD = 0.2
+# Below this difference from the background (on a 0-1 scale), a picture has no ink to read.
+MIN_CONTRAST = 0.04
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:
@@ -71,15 +73,17 @@ def to_mnist(img: Image.Image) -> np.ndarray:
     # that touches the edge.
     border = np.concatenate([arr[0, :], arr[-1, :], arr[:, 0], arr[:, -1]])
     background = float(np.median(border))
-    if background > 0.5:
+    # The ink is whichever side of the background reaches further: dark ink on dark-grey paper is
+    # still dark ink, though the paper is darker than mid-grey.
+    if background - float(arr.min()) > float(arr.max()) - background:
         arr = 1.0 - arr
         background = 1.0 - background
     # Remove the background level and stretch the ink to full scale (grey paper, faint pencil).
     arr = np.clip(arr - background, 0.0, None)
     peak = float(arr.max())
-    if peak <= 1e-6:
-        # A blank picture (one colour, a 1x1 image): the model would still name a digit, at ~10%.
-        raise NoDigitFound("no digit found: the picture is a single uniform colour")
+    if peak < MIN_CONTRAST:
+        # Blank (one colour, a 1x1 image) or nothing but noise: the model would still name a digit.
+        raise NoDigitFound("no digit found: nothing in the picture stands out from its background")
     arr = arr / peak
     rows = np.flatnonzero((arr > INK_THRESHOLD).any(axis=1))
     cols = np.flatnonzero((arr > INK_THRESHOLD).any(axis=0))

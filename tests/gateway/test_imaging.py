@@ -56,6 +56,14 @@ def test_colour_and_transparent_drawings() -> None:
     assert np.abs(preprocess(encode(rgba), 10**7) - reference).max() < 0.05
 
 
+def test_dark_ink_on_dark_grey_paper_is_read_as_ink() -> None:
+    # Paper darker than mid-grey, ink darker still: the side of the background the ink is on decides.
+    paper = np.full((100, 100), 100, np.uint8)
+    paper[30:70, 45:55] = 0
+    x = preprocess(encode(paper), 10**7)[0, :, :, 0]
+    assert x.max() > 0.9 and (x > 0.5).sum() > 20  # a bright bar in the frame, not an empty one
+
+
 @pytest.mark.parametrize("value", [0, 128, 255])
 def test_blank_picture_is_no_digit_not_a_guess(value: int) -> None:
     with pytest.raises(NoDigitFound, match="no digit found"):
