@@ -78,9 +78,27 @@ _JSON_TYPE = {str: "string", bool: "boolean", type(None): "null", dict: "object"
 
 
 def to_float32_array(
-    value: Any, what: str, layout: str = "a nested list of numbers forming a [N, 28, 28, 1] tensor"
+    value: Any,
+    what: str,
+    layout: str = "a nested list of numbers forming a [N, 28, 28, 1] tensor",
+    raw: bytes | None = None,
 ) -> np.ndarray:
-    """JSON numbers -> float32 array; anything else (strings, booleans, nulls, ragged lists) is InvalidArgument."""
+    """JSON numbers -> float32 array; anything else (strings, booleans, nulls, ragged lists) is InvalidArgument.
+
+    `raw`, the body `value` was parsed from, lets the common case skip a per-value type scan."""
+    # numpy would turn "0.5", true and null into floats (null as NaN); TF Serving rejects any JSON value
+    # that is not a number for a float input, and so do we. Inferring the dtype first shows strings
+    # (kind U) and nulls or huge integers (kind O) at numpy's speed. Only booleans mixed with numbers
+    # hide (upcast to numbers); JSON spells them `true`/`false`, so without those bytes in the body
+    # (no valid key or value contains them) the per-value scan is skipped.
+    try:
+        inferred = np.asarray(value)
+        if inferred.dtype.kind in "fiu" and (raw is None or b"true" in raw or b"false" in raw):
+            _check_numbers(value, what)
+        if inferred.dtype.kind in "fiu":
+            return inferred.astype(np.float32)
+    except (ValueError, TypeError, OverflowError):
+        pass  # ragged, or mixed kinds: the float32 conversion below names the problem
     try:
         arr = np.asarray(value, dtype=np.float32)
     except OverflowError:
@@ -89,21 +107,22 @@ def to_float32_array(
     except (ValueError, TypeError) as exc:
         # Ragged nesting, strings, objects: numpy names the problem; say where it was.
         raise InvalidArgument(f"{what} must be {layout}: {exc}") from None
-    # numpy turns "0.5", true and null into floats (null as NaN); TF Serving rejects any JSON value
-    # that is not a number for a float input, and so do we. Only this slow path can see them: the
-    # fast path admits nothing but number characters.
-    if arr.dtype == np.float32 and arr.ndim > 0:
-        leaves = np.asarray(value, dtype=object).ravel().tolist()
-        kinds = set(map(type, leaves))
-        kinds.discard(float)
-        kinds.discard(int)
-        if kinds:
-            bad = next(x for x in leaves if type(x) not in (float, int))
-            kind = _JSON_TYPE.get(type(bad), type(bad).__name__)
-            raise InvalidArgument(
-                f"{what} must contain only numbers; found a {kind} ({json.dumps(bad)[:40]}) where a float was expected"
-            )
+    _check_numbers(value, what)
     return arr
+
+
+def _check_numbers(value: Any, what: str) -> None:
+    """InvalidArgument naming the first JSON value in `value` that is not a number."""
+    leaves = np.asarray(value, dtype=object).ravel().tolist() if isinstance(value, list) else [value]
+    kinds = set(map(type, leaves))
+    kinds.discard(float)
+    kinds.discard(int)
+    if kinds:
+        bad = next(x for x in leaves if type(x) not in (float, int))
+        kind = _JSON_TYPE.get(type(bad), type(bad).__name__)
+        raise InvalidArgument(
+            f"{what} must contain only numbers; found a {kind} ({json.dumps(bad)[:40]}) where a float was expected"
+        )
 
 
 def _named_input(obj: dict[str, Any], where: str) -> Any:
@@ -223,13 +242,13 @@ def parse_predict_body(body: bytes, *, max_batch_size: int | None = None) -> Pre
             if not all(isinstance(i, dict) for i in instances):
                 raise InvalidArgument("'instances' mixes objects and plain tensors")
             instances = [_named_input(i, "an instance") for i in instances]
-        arr = to_float32_array(instances, "'instances'")
+        arr = to_float32_array(instances, "'instances'", raw=body)
     elif has_cols:
         fmt = "columnar"
         inputs = doc["inputs"]
         if isinstance(inputs, dict):
             inputs = _named_input(inputs, "'inputs'")
-        arr = to_float32_array(inputs, "'inputs'")
+        arr = to_float32_array(inputs, "'inputs'", raw=body)
     else:
         raise InvalidArgument("Missing 'instances' or 'inputs' key in request body")
     return PredictRequest(fmt, signature, validate_images(arr, max_batch_size))

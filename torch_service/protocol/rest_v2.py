@@ -84,7 +84,9 @@ def parse_infer_body(body: bytes, *, max_batch_size: int | None = None) -> Infer
     if "data" not in tensor:
         raise InvalidArgument(f"Input '{name}' has no 'data' (binary tensor data is not supported)")
     # The TF-REST parser's conversion: strings, booleans and nulls are refused, not turned into floats.
-    arr = to_float32_array(tensor["data"], f"Input '{name}' data", "numbers (flat, or nested to match 'shape')")
+    arr = to_float32_array(
+        tensor["data"], f"Input '{name}' data", "numbers (flat, or nested to match 'shape')", raw=body
+    )
     if arr.size != math.prod(shape):
         raise InvalidArgument(f"Input '{name}' has {arr.size} values but shape {shape} needs {math.prod(shape)}")
     if arr.ndim > 1 and list(arr.shape) != shape:
