@@ -18,6 +18,7 @@ from PIL import Image
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.asgi_client import post_then_hang_up
 from tests.gateway.conftest import unused_target, unused_url
 
 IMG = np.zeros((1, 28, 28, 1)).tolist()
@@ -249,33 +250,8 @@ def test_predict_fast_path_answers_as_the_fastapi_routes_do() -> None:
 @pytest.mark.parametrize("path", ["/v1/models/cnn:predict", "/v1/compare"])  # the fast path, a FastAPI route
 async def test_client_gone_mid_body_is_499_not_a_server_error(path: str, caplog: pytest.LogCaptureFixture) -> None:
     app = create_app(Settings(torch_urls=[unused_url()], tf_grpc_targets=[unused_target()]))  # type: ignore[arg-type]
-    sent: list[dict[str, object]] = []
-    chunks = iter(
-        [{"type": "http.request", "body": b'{"instances": [', "more_body": True}, {"type": "http.disconnect"}]
-    )
-
-    async def receive() -> dict[str, object]:
-        return next(chunks)
-
-    async def send(message: dict[str, object]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"5000")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8000),
-    }
     with caplog.at_level(logging.INFO, logger="gateway.access"):
-        await app(scope, receive, send)  # must not raise
+        sent = await post_then_hang_up(app, path)  # must not raise
     assert sent == []  # nobody left to answer
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
     assert [line["status"] for line in lines] == [499]

@@ -19,6 +19,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from devstack.process import free_port
 from serving_core.batching import BatchingParameters, load_batching_parameters
+from tests.asgi_client import post_then_hang_up
 from tf_serving.compat.app import create_app
 from tf_serving.compat.grpc_server import create_grpc_server, numpy_to_tensor, tensor_to_numpy
 from tf_serving.compat.model import ModelRegistry
@@ -361,33 +362,9 @@ async def test_client_gone_mid_body_is_cancelled_not_internal(repo: Path) -> Non
     reg = _registry(repo, load_batching_parameters(BATCHING_CONFIG))
     await asyncio.to_thread(reg.start)
     app = create_app(reg.settings, reg)
-    chunks = iter(
-        [{"type": "http.request", "body": b'{"instances": [', "more_body": True}, {"type": "http.disconnect"}]
-    )
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        return next(chunks)
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/models/cnn:predict",
-        "raw_path": b"/v1/models/cnn:predict",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"content-length", b"5000")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8501),
-    }
     try:
-        await app(scope, receive, send)  # was: ClientDisconnect escaping as "Exception in ASGI application"
+        # Was: ClientDisconnect escaping as "Exception in ASGI application".
+        sent = await post_then_hang_up(app, "/v1/models/cnn:predict")
         assert [m.get("status") for m in sent if m["type"] == "http.response.start"] in ([], [499])
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://compat") as c:
             text = (await c.get("/monitoring/prometheus/metrics")).text
