@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,8 +139,12 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("epochs must be >= 1")
     if cfg.batch_size < 1:
         problems.append("batch_size must be >= 1")
-    if not cfg.lr > 0:
-        problems.append("lr must be > 0")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        problems.append("lr must be a finite number > 0")
+    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+        problems.append("weight_decay must be a finite number >= 0")
+    if not 0 <= cfg.seed < 2**32:
+        problems.append("seed must be in [0, 2**32)")
     if cfg.augment_shift < 0:
         problems.append("augment_shift must be >= 0")
     if not (0 < cfg.val_fraction < 0.5 and 0 < cfg.test_fraction < 0.5):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from gateway.loadtest.report import run_folder, summary_table, write_report
@@ -110,8 +112,8 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
             data[key] = getattr(args, arg)
     if args.targets:
         data["targets"] = [t.strip() for t in args.targets.split(",") if t.strip()]
-        if data.get("baseline") not in data["targets"]:
-            data["baseline"] = None
+        if args.baseline is None and data.get("baseline") not in data["targets"]:
+            data["baseline"] = None  # the file's baseline, not among the new targets (one given here is checked)
     if args.via_gateway:
         via = {"torch": "gateway-torch", "tf": "gateway-tf"}
         mapped = [via.get(t, t) for t in data.get("targets", ["torch", "tf"])]
@@ -124,17 +126,22 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     if args.sweep_concurrency or args.sweep_rates:
         data["mode"] = "sweep"
         data["sweep"] = (
-            {"concurrency": [int(x) for x in args.sweep_concurrency.split(",")]}
+            {"concurrency": _numbers(args.sweep_concurrency, int, "--sweep-concurrency")}
             if args.sweep_concurrency
-            else {"rates": [float(x) for x in args.sweep_rates.split(",")]}
+            else {"rates": _numbers(args.sweep_rates, float, "--sweep-rates")}
         )
-    if args.slo_p99_ms is not None:
-        data["mode"] = "slo_search"
+    if args.slo_p99_ms is not None or args.slo_rates:
         slo = dict(data.get("slo") or {})
-        slo["p99_ms"] = args.slo_p99_ms
+        if args.slo_p99_ms is not None:
+            data["mode"] = "slo_search"
+            slo["p99_ms"] = args.slo_p99_ms
+        elif data.get("mode") != "slo_search":
+            raise ValueError("--slo-rates applies to an SLO search (--scenario slo-search, or --slo-p99-ms)")
         if args.slo_rates:
-            lo, hi = (float(x) for x in args.slo_rates.split(","))
-            slo["rate_low"], slo["rate_high"] = lo, hi
+            rates = _numbers(args.slo_rates, float, "--slo-rates")
+            if len(rates) != 2:
+                raise ValueError(f"--slo-rates takes two rates, LOW,HIGH; got {args.slo_rates!r}")
+            slo["rate_low"], slo["rate_high"] = rates
         data["slo"] = slo
     if data.get("mode") == "slo_search" and data.get("slo"):
         # In an SLO search each binary-search step is the measured unit: --duration sizes those steps.
@@ -149,6 +156,20 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         th["error_rate"] = args.fail_error_rate
     data["thresholds"] = th
     return Scenario.model_validate(data)
+
+
+def _numbers(text: str, kind: type, flag: str) -> list[Any]:
+    try:
+        return [kind(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated {kind.__name__}s, got {text!r}") from None
+
+
+def _check_report_dir(path: Path) -> None:
+    """Fail before the load, not after it: an unusable report folder would lose the results."""
+    path.mkdir(parents=True, exist_ok=True)  # OSError (a file in the way, no permission) -> exit 3
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OSError(f"report folder {path} is not writable")
 
 
 def endpoints_from_args(args: argparse.Namespace) -> Endpoints:
@@ -236,7 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         endpoints = endpoints_from_args(args)
         progress = Progress()
         runner = Runner(scenario, endpoints, progress)
-    except (ValidationError, ValueError, TargetError, OSError) as exc:
+        _check_report_dir(Path(args.report_dir))
+    except ValidationError as exc:  # one line per problem, not pydantic's multi-line dump
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e["loc"]) or "scenario"
+            print(f"error: {where}: {e['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (ValueError, TargetError, OSError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     print(

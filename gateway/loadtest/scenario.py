@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -28,8 +28,8 @@ class LoadSpec(_Model):
 
 
 class SweepSpec(_Model):
-    concurrency: list[int] | None = None  # closed loop levels
-    rates: list[float] | None = None  # open loop levels
+    concurrency: list[Annotated[int, Field(ge=1)]] | None = None  # closed loop levels
+    rates: list[Annotated[float, Field(gt=0)]] | None = None  # open loop levels
 
     @model_validator(mode="after")
     def _one(self) -> SweepSpec:
@@ -48,10 +48,16 @@ class SloSpec(_Model):
     # A step counts only when both halves agree on pass/fail; an unstable step is retried this often.
     retries: int = Field(default=1, ge=0, le=5)
 
+    @model_validator(mode="after")
+    def _range(self) -> SloSpec:
+        if not self.rate_low < self.rate_high:
+            raise ValueError(f"slo rate_low ({self.rate_low:g}) must be below rate_high ({self.rate_high:g})")
+        return self
+
 
 class Thresholds(_Model):
-    p99_ms: float | None = None  # fail when any target's p99 exceeds this
-    error_rate: float | None = 0.0  # fail when any target's failed share exceeds this
+    p99_ms: float | None = Field(default=None, gt=0)  # fail when any target's p99 exceeds this
+    error_rate: float | None = Field(default=0.0, ge=0, le=1)  # fail when any target's failed share exceeds this
 
 
 class Scenario(_Model):

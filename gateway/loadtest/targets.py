@@ -67,8 +67,20 @@ class Target:
     headers: str = field(default="", repr=False)  # extra request header lines ("Name: value\r\n"...)
 
 
+def _check_http(urls: tuple[str, ...], what: str) -> None:
+    for url in urls:
+        if urlsplit(url).scheme != "http":
+            raise TargetError(f"{what} must be http:// URLs (REST targets), got {url!r}")
+
+
 def resolve(name: str, ep: Endpoints) -> Target:
     """A target by name; `gateway-*` targets need a gateway URL."""
+    if name in ("torch", "gateway-torch"):
+        _check_http(ep.torch_urls, "torch URLs (GATEWAY_TORCH_URLS / --torch-url)")
+    if name in ("tf", "gateway-tf"):
+        _check_http(ep.tf_rest_urls, "TF REST URLs (GATEWAY_TF_REST_URLS / --tf-rest-url)")
+    if name.startswith("gateway-") and ep.gateway_url:
+        _check_http((ep.gateway_url,), "the gateway URL (--via-gateway)")
     torch_metrics = tuple(f"{u}/metrics" for u in ep.torch_urls)
     tf_metrics = tuple(f"{u}/monitoring/prometheus/metrics" for u in ep.tf_rest_urls)
     torch_ports = tuple(_port(u) for u in ep.torch_urls)

@@ -183,3 +183,35 @@ def test_gateway_targets_carry_the_api_key_from_flag_or_environment(monkeypatch:
     assert resolve("torch", ep).headers == ""  # the backends themselves take no key
     args = build_parser().parse_args(["--via-gateway", "http://127.0.0.1:8000", "--api-key", "from-flag"])
     assert resolve("gateway-tf", endpoints_from_args(args)).headers == "Authorization: Bearer from-flag\r\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--scenario", "{bad_yaml}"], "error:"),  # a YAML syntax error: was a traceback and exit 1
+        (["--targets", "torch", "--torch-url", "localhost:8080"], "must be http:// URLs"),
+        (["--fail-p99-ms", "-5"], "thresholds.p99_ms"),
+        (["--fail-error-rate", "2"], "thresholds.error_rate"),
+        (["--sweep-concurrency", "0,-1"], "sweep.concurrency"),
+        (["--sweep-rates", "-5"], "sweep.rates"),
+        (["--sweep-concurrency", "1,x"], "comma-separated ints"),
+        (["--targets", "torch", "--baseline", "tf"], "baseline 'tf' is not among the targets"),
+        (["--slo-p99-ms", "50", "--slo-rates", "100,20"], "must be below rate_high"),
+        (["--slo-p99-ms", "50", "--slo-rates", "100"], "two rates"),
+        (["--slo-rates", "20,100"], "applies to an SLO search"),
+        (["--report-dir", "{a_file}"], "error:"),  # found before the load, not after it
+    ],
+)
+def test_bad_arguments_exit_3_with_one_clear_line_before_any_load(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad_yaml, a_file = tmp_path / "bad.yaml", tmp_path / "a-file"
+    bad_yaml.write_text("name: x\nload: [unclosed\n")
+    a_file.write_text("")
+    argv = [a.format(bad_yaml=bad_yaml, a_file=a_file) for a in argv]
+    # Port 9 (discard) on loopback: nothing may be contacted before the arguments are checked.
+    assert (
+        main(["--no-progress", "--torch-url", "http://127.0.0.1:9", "--tf-rest-url", "http://127.0.0.1:9", *argv]) == 3
+    )
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err

@@ -49,3 +49,18 @@ def test_none_override_keeps_preset_value_and_roundtrip():
     assert cfg.epochs == PRESETS["large"]["epochs"] and cfg.lr == 0.01 and cfg.model.hidden == 32
     assert config_from_dict(cfg.to_dict()) == cfg
     assert smoke_config().epochs < make_config().epochs
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"lr": float("inf")}, "lr must be a finite number"),  # trained 20 epochs of NaN loss before
+        ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0"),  # was torch's traceback
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0"),
+        ({"seed": -1}, r"seed must be in \[0, 2\*\*32\)"),  # was scikit-learn's traceback
+        ({"seed": 2**32}, r"seed must be in"),
+    ],
+)
+def test_numbers_that_would_fail_later_are_rejected_before_training(override: dict, message: str) -> None:
+    with pytest.raises(TrainerError, match=message):
+        make_config("small", **override)
