@@ -93,9 +93,9 @@ def to_float32_array(
     # (no valid key or value contains them) the per-value scan is skipped.
     try:
         inferred = np.asarray(value)
-        if inferred.dtype.kind in "fiu" and (raw is None or b"true" in raw or b"false" in raw):
-            _check_numbers(value, what)
         if inferred.dtype.kind in "fiu":
+            if raw is None or b"true" in raw or b"false" in raw:
+                _check_numbers(value, what)
             return inferred.astype(np.float32)
     except (ValueError, TypeError, OverflowError):
         pass  # ragged, or mixed kinds: the float32 conversion below names the problem
