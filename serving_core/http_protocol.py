@@ -11,6 +11,12 @@ after the previous answer, and while a body arrives no gap between two reads may
 this. While uvicorn itself has stopped reading (the app has not taken the previous data, or a
 pipelined request waits its turn) the clock does not run. A connection past a limit is closed; the
 app, if it had started, sees `http.disconnect`.
+
+It also sends a response's head and the first part of its body in one write. uvicorn writes the head
+when the app sends `http.response.start` and the body when it sends `http.response.body`, and uvloop
+puts each write on the socket at once: two send calls and two TCP segments per answer, and a client
+that wakes for the head only to wait again for the body. In front of another server of ours (the
+gateway before torch_service) that cost is paid once per hop.
 """
 
 from __future__ import annotations
@@ -21,6 +27,53 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_REQUEST_READ_TIMEOUT_S = 60.0
+
+
+class _HeadWithBodyTransport:
+    """The connection's transport, holding a response head back until the body's first write.
+
+    A held head leaves with the next write, or on its own at the loop's next turn (`call_soon`) when
+    nothing follows in this one: a HEAD answer, or an app that awaits something between the two
+    messages. Everything else is the wrapped transport's.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        # uvicorn writes a response head on its own, ending in a blank line; "100 Continue" is an
+        # interim answer the client waits for before it sends the body, so it must not wait here.
+        elif data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n") and not data.startswith(b"HTTP/1.1 100"):
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        self._transport.write(data)
+
+    def writelines(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def _flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class TimedHttpToolsProtocol(HttpToolsProtocol):
@@ -57,6 +110,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Every request cycle uvicorn makes from here on writes through this.
+        self.transport = _HeadWithBodyTransport(transport, self.loop)  # type: ignore[assignment]
         self._enter("head")
 
     def on_message_begin(self) -> None:
