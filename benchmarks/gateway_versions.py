@@ -1,13 +1,16 @@
 """Two versions of the gateway side by side: this working tree against an earlier git revision.
 
     python benchmarks/gateway_versions.py --baseline <git-ref> [--delay-ms 2] [--rounds 16] [--per-round 200]
+        [--baseline-env NAME=VALUE ...] [--current-env NAME=VALUE ...]
 
 Both gateways run at once in front of one stand-in backend (an asyncio server that answers every
 predict after --delay-ms with a fixed TF-Serving body, so the backend's own noise is out of the
 picture), and one client sends the same predict body at concurrency 1 to the backend directly and to
 each gateway, in interleaved rounds whose order alternates. Printed per path: p50, the overhead over
 the direct call, and the gateway process's CPU time per request. The baseline is checked out into a
-temporary git worktree and run from there with this checkout's virtual environment.
+temporary git worktree and run from there with this checkout's virtual environment. --baseline-env and
+--current-env set gateway settings on one side only, so one revision can also be compared with itself
+under two settings (`--baseline HEAD --baseline-env GATEWAY_ACCESS_LOG=false`).
 """
 
 from __future__ import annotations
@@ -108,7 +111,22 @@ def main() -> int:
     ap.add_argument("--delay-ms", type=float, default=2.0, help="the stand-in backend's time per predict")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--per-round", type=int, default=200)
+    for side in ("baseline", "current"):
+        ap.add_argument(
+            f"--{side}-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"an environment variable for the {side} gateway only (repeatable)",
+        )
     args = ap.parse_args()
+    extra_env: dict[str, dict[str, str]] = {}
+    for side in ("baseline", "current"):
+        pairs = getattr(args, f"{side}_env")
+        bad = [pair for pair in pairs if "=" not in pair]
+        if bad:
+            ap.error(f"--{side}-env wants NAME=VALUE, got {bad[0]!r}")
+        extra_env[side] = dict(pair.split("=", 1) for pair in pairs)
     worktree = Path(tempfile.mkdtemp(prefix="gateway-baseline-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.baseline], check=True)
     log_dir = Path(tempfile.mkdtemp(prefix="gateway-versions-"))
@@ -143,6 +161,7 @@ def main() -> int:
                     "GATEWAY_TORCH_URLS": urls["direct"],
                     "GATEWAY_TF_PROTOCOL": "rest",
                     "GATEWAY_TF_REST_URLS": urls["direct"],
+                    **extra_env[name],
                 },
                 cwd=tree,
             )
@@ -152,6 +171,9 @@ def main() -> int:
             p.start()
         for p in procs:
             p.wait_ready(120)
+        for side, env in extra_env.items():
+            if env:
+                print(f"# {side} environment: " + " ".join(f"{k}={v}" for k, v in env.items()))
         print(f"# baseline {args.baseline}, backend delay {args.delay_ms} ms, concurrency 1, {os.cpu_count()} CPUs")
         pids = {p.name: p.proc.pid for p in procs if p.name != "backend" and p.proc}
         uvloop.run(measure(urls, pids, args.rounds, args.per_round))

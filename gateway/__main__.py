@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 
 import uvicorn
 
@@ -15,13 +14,6 @@ from serving_core.http_protocol import timed_protocol
 
 def main() -> None:
     settings = load_settings()
-    # The access log is already one JSON line per request: print it bare, to stdout.
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access = logging.getLogger("gateway.access")
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    access.propagate = False
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     # GC tuning for the hot path. A predict body parses into ~1,600 small lists, which (with the default

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.access_log import AccessLog
 from gateway.api import backends, classify, compare, health, predict
 from gateway.errors import install_handlers
 from gateway.fastpath import PredictFastPath
@@ -21,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     gw = Gateway(settings, metrics)
+    access_log = AccessLog() if settings.access_log else None
     loadtests = build_loadtest_router(settings)
 
     @asynccontextmanager
@@ -31,6 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             loadtests.manager.shutdown()  # type: ignore[attr-defined]  # a running load test is cancelled
             await gw.stop()
+            if access_log is not None:
+                access_log.close()  # the lines still buffered
 
     app = FastAPI(
         # A stray trailing slash is a 404 {"error"} like any unknown path, not a 307 without a body.
@@ -43,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gateway = gw
     app.state.settings = settings
+    app.state.access_log = access_log
 
     # Middleware, innermost first (Starlette wraps each added layer around the previous ones): the
     # predict fast path, then request id, API keys, body cap, metrics and access log in one layer.
@@ -52,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api_keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,
-        access_log=settings.access_log,
+        access_log=access_log,
     )
     # Endpoints.
     for module in (predict, compare, classify, backends, health):

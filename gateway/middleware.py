@@ -7,7 +7,6 @@ microseconds per request and the gateway's overhead budget is half a millisecond
 from __future__ import annotations
 
 import hmac
-import logging
 import os
 import re
 import time
@@ -17,10 +16,9 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.access_log import AccessLog
 from gateway.errors import PayloadTooLarge
 from gateway.metrics import Metrics
-
-access_logger = logging.getLogger("gateway.access")
 
 # Open without a key: probes, scrapers and the API docs.
 PUBLIC_PATHS = frozenset(
@@ -42,7 +40,13 @@ def _json_error(status: int, message: str, extra_headers: list[tuple[bytes, byte
 
 class GatewayMiddleware:
     def __init__(
-        self, app: ASGIApp, *, api_keys: list[str], max_body_bytes: int, metrics: Metrics, access_log: bool
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: list[str],
+        max_body_bytes: int,
+        metrics: Metrics,
+        access_log: AccessLog | None,
     ) -> None:
         self.app = app
         self.keys = [k.encode() for k in api_keys]
@@ -140,18 +144,16 @@ class GatewayMiddleware:
                 )
             series[0].inc()
             series[1].observe(elapsed)
-        if self.access_log and access_logger.isEnabledFor(logging.INFO):
-            access_logger.info(
-                orjson.dumps(
-                    {
-                        "ts": time.time(),
-                        "id": info["request_id"],
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "backend": info.get("backend"),
-                        "replica": info.get("replica"),
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000.0, 3),
-                    }
-                ).decode()
+        if self.access_log is not None:
+            self.access_log.write(
+                {
+                    "ts": time.time(),
+                    "id": info["request_id"],
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "backend": info.get("backend"),
+                    "replica": info.get("replica"),
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000.0, 3),
+                }
             )
