@@ -29,6 +29,9 @@ def main() -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # ours is structured and carries the backend and replica
+        # Nothing here reads the client's address or scheme, so X-Forwarded-* rewriting would be a
+        # layer per request for nothing.
+        proxy_headers=False,
         loop="uvloop",
         http=timed_protocol(settings.request_read_timeout_s),  # httptools, with a time limit per request
         timeout_graceful_shutdown=10,

@@ -13,11 +13,16 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from serving_core.errors import ServingError
 
 log = logging.getLogger("gateway")
+
+# Scope key of the dict the handlers fill (backend, replica, endpoint, client_gone) for the access log
+# and metrics (gateway/middleware.py). Defined here because the handlers below write to it too.
+LOG_KEY = "gateway.log"
 
 
 class GatewayError(Exception):
@@ -143,9 +148,15 @@ def install_handlers(app: FastAPI) -> None:
     async def internal(_: Request, exc: Exception) -> Response:
         return error_response(*error_for(exc))
 
+    async def client_gone(request: Request, _: Exception) -> None:
+        # The client hung up before its body arrived: nobody is left to answer, and it is not a server
+        # error. Logged and counted as 499, as nginx does.
+        request.scope.setdefault(LOG_KEY, {})["client_gone"] = True
+
     app.add_exception_handler(GatewayError, domain)
     app.add_exception_handler(ServingError, domain)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)  # type: ignore[arg-type]  # answers nothing
     # Starlette's last-resort handler (ServerErrorMiddleware): a bug still answers {"error": ...}.
     app.add_exception_handler(Exception, internal)

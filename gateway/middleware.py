@@ -13,11 +13,10 @@ import time
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.access_log import AccessLog
-from gateway.errors import PayloadTooLarge
+from gateway.errors import LOG_KEY, PayloadTooLarge
 from gateway.metrics import Metrics
 
 # Open without a key: probes, scrapers and the API docs.
@@ -26,7 +25,6 @@ PUBLIC_PATHS = frozenset(
 )
 # A client's request id is echoed only if it is short and printable (it ends up in logs and headers).
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
-LOG_KEY = "gateway.log"  # scope key: a dict the handlers fill (backend, replica, endpoint) for the log
 
 
 def _json_error(status: int, message: str, extra_headers: list[tuple[bytes, bytes]]) -> tuple[Message, Message]:
@@ -107,11 +105,9 @@ class GatewayMiddleware:
                 status_box[0] = 413
                 return
             await self.app(scope, self._capped(receive) if length is None else receive, send_with_id)
-        except ClientDisconnect:
-            # The client left before its body arrived (FastAPI routes raise this; the fast path sets
-            # client_gone). Nobody is left to answer, and it is not a server error: 499, as nginx logs it.
-            info["client_gone"] = True
         finally:
+            # A client that left before its body arrived was nobody's error: 499, as nginx logs it (set by
+            # the fast path, and by the ClientDisconnect handler for FastAPI's routes, gateway/errors.py).
             self._record(scope, info, 499 if info.get("client_gone") else status_box[0], start)
 
     def _capped(self, receive: Receive) -> Receive:
