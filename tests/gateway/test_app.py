@@ -291,3 +291,16 @@ def test_a_bug_in_a_route_is_a_json_500_with_request_id_in_log_and_metrics() -> 
         assert r.headers["x-request-id"] == "bug-1"
         assert c.get("/healthz").status_code == 200  # and it keeps serving
     assert [(line["id"], line["status"]) for line in access_lines(app, stream)][:1] == [("bug-1", 500)]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"", b"backend=tf", b"backend=tf&backend=onnx", b"backend=", b"backend", b"x=1&&backend=torch&y", b"a=b",
+     b"backend=t%66", b"backend=a+b", b"&&", b"backend=%ZZ", b"backend=caf\xc3\xa9"],
+)  # fmt: skip
+def test_the_fast_path_reads_backend_from_the_query_as_starlette_does(query: bytes) -> None:
+    from starlette.datastructures import QueryParams
+
+    from gateway.fastpath import _query_backend
+
+    assert _query_backend(query) == QueryParams(query).get("backend")
