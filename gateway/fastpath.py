@@ -83,7 +83,8 @@ def _query_backend(query_string: bytes) -> str | None:
         return None
     value = None
     if b"%" not in query_string and b"+" not in query_string:
-        # Nothing to unquote (the usual `?backend=tf`): split by hand, as parse_qsl would, at a fifth of its cost.
+        # Nothing to unquote (the usual `?backend=tf`): split by hand, as parse_qsl would. 0.6 us against
+        # 1.4 us timed warm, and parse_qsl held ~2% of a py-spy profile of the gateway under wrk.
         for pair in query_string.split(b"&"):
             key_b, _, val_b = pair.partition(b"=")
             if key_b == b"backend":
