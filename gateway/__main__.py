@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 
@@ -16,6 +17,9 @@ def main() -> None:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
+    if app.state.access_log is not None:
+        # Also when the shutdown is cut short (a second Ctrl-C skips the app's own shutdown steps).
+        atexit.register(app.state.access_log.close)
     # GC tuning for the hot path. A predict body parses into ~1,600 small lists, which (with the default
     # threshold of 700) set off collections on every request, and older generations then walk every
     # object the imports made (the TF Serving protos pull in TensorFlow's modules). Measured in-process on

@@ -36,19 +36,26 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self._failed = False
 
     def write(self, entry: dict[str, Any]) -> None:
         line = orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
         self._lines.append(line)
         self._size += len(line)
-        if self._size >= self.max_buffered_bytes:
+        if self._closed or self._size >= self.max_buffered_bytes:
+            self.flush()  # after close (requests finishing during shutdown) nothing would flush later
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a caller outside the server): nothing would flush later
             self.flush()
-        elif self._timer is None:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(self.flush_interval_s, self.flush)
-            except RuntimeError:  # no event loop (a caller outside the server): nothing would flush later
-                self.flush()
+            return
+        # A timer armed on a loop that has since ended never fires: arm one on this loop instead.
+        if self._timer is None or self._timer_loop is not loop:
+            self._timer = loop.call_later(self.flush_interval_s, self.flush)
+            self._timer_loop = loop
 
     def flush(self) -> None:
         if self._timer is not None:
@@ -59,14 +66,16 @@ class AccessLog:
         data = b"".join(self._lines)
         self._lines.clear()
         self._size = 0
-        stream = self.stream if self.stream is not None else sys.stdout.buffer
         try:
+            stream = self.stream if self.stream is not None else sys.stdout.buffer
             stream.write(data)
             stream.flush()
-        except (OSError, ValueError) as exc:  # stdout closed or gone: requests must still be served
+        except Exception as exc:  # stdout closed, gone or not binary: requests must still be served
             if not self._failed:
                 self._failed = True
-                logger.warning("access log lines dropped: cannot write them (%s)", exc)
+                logger.warning("access log lines dropped: cannot write them (%r)", exc)
 
     def close(self) -> None:
+        """Write what is buffered; lines that still come (requests finishing) are written at once."""
+        self._closed = True
         self.flush()

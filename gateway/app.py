@@ -54,10 +54,12 @@ def create_app(settings: Settings | None = None, *, predict_fast_path: bool = Tr
         try:
             yield
         finally:
-            loadtests.manager.shutdown()  # type: ignore[attr-defined]  # a running load test is cancelled
-            await gw.stop()
-            if access_log is not None:
-                access_log.close()  # the lines still buffered
+            try:
+                loadtests.manager.shutdown()  # type: ignore[attr-defined]  # a running load test is cancelled
+                await gw.stop()
+            finally:
+                if access_log is not None:
+                    access_log.close()  # the lines still buffered
 
     app = GatewayApp(
         # A stray trailing slash is a 404 {"error"} like any unknown path, not a 307 without a body.

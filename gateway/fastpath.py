@@ -19,8 +19,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.predict import serve_predict
-from gateway.errors import error_for
-from gateway.middleware import LOG_KEY
+from gateway.errors import LOG_KEY, error_for
 from gateway.service import Gateway
 
 # The same paths FastAPI's `{model}` / `{version}` parameters match (a segment without "/").

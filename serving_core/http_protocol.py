@@ -46,10 +46,12 @@ class _HeadWithBodyTransport:
 
     def write(self, data: bytes) -> None:
         if self._held is not None:
-            data, self._held = self._held + data, None
+            held, self._held = self._held, None
+            self._transport.writelines((held, data))  # one send (writev), and no copy of a large body
+            return
         # uvicorn writes a response head on its own, ending in a blank line; "100 Continue" is an
-        # interim answer the client waits for before it sends the body, so it must not wait here.
-        elif data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n") and not data.startswith(b"HTTP/1.1 100"):
+        # interim answer the client waits for before it sends the body, so it is not held.
+        if data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n") and not data.startswith(b"HTTP/1.1 100"):
             self._held = data
             self._loop.call_soon(self._flush)
             return
@@ -57,6 +59,13 @@ class _HeadWithBodyTransport:
 
     def writelines(self, data: Any) -> None:
         self.write(b"".join(data))
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def is_closing(self) -> bool:  # called several times per request: spare it the __getattr__ detour
+        return self._transport.is_closing()
 
     def _flush(self) -> None:
         if self._held is not None:

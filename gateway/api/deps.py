@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from gateway.middleware import LOG_KEY
+from gateway.errors import LOG_KEY
 from gateway.service import Gateway, backend_choice
 from gateway.upstreams.pool import BackendPool
 from gateway.validation import PredictRequest, parse_predict

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import signal
+import sys
 import time
 
 import httpx
@@ -49,6 +50,38 @@ async def test_close_writes_what_is_buffered() -> None:
     log.write({"id": "last"})
     log.close()
     assert _lines(stream) == [{"id": "last"}]
+
+
+def test_lines_written_under_a_new_event_loop_still_get_their_timer() -> None:
+    # A timer armed on a loop that ended never fires; the next loop must arm its own.
+    stream = io.BytesIO()
+    log = AccessLog(stream, flush_interval_s=0.02)
+
+    async def write_then_wait(entry_id: str, wait_s: float) -> None:
+        log.write({"id": entry_id})
+        await asyncio.sleep(wait_s)
+
+    asyncio.run(write_then_wait("first", 0))  # the loop ends before its timer fires
+    asyncio.run(write_then_wait("second", 0.2))
+    assert [line["id"] for line in _lines(stream)] == ["first", "second"]
+
+
+async def test_lines_after_close_are_written_at_once() -> None:
+    # Requests that finish during shutdown log after close(): no timer would be left to flush them.
+    stream = io.BytesIO()
+    log = AccessLog(stream, flush_interval_s=60)
+    log.close()
+    log.write({"id": "straggler"})
+    assert _lines(stream) == [{"id": "straggler"}]
+
+
+@pytest.mark.parametrize("stdout", [None, io.StringIO()], ids=["no-stdout", "text-stdout"])
+async def test_an_unusable_stdout_drops_lines_without_failing_requests(
+    stdout: io.StringIO | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdout", stdout)  # as a process started with fd 1 closed, or an embedding app
+    log = AccessLog(flush_interval_s=60, max_buffered_bytes=1)
+    log.write({"id": "x"})  # flushes at once (over 1 byte): must not raise into the request
 
 
 async def test_a_broken_stream_drops_lines_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:

@@ -18,7 +18,7 @@ from serving_core.http_protocol import timed_protocol
 
 
 class _Recorder:
-    """The socket's transport, keeping a copy of every write."""
+    """The socket's transport, keeping a copy of every write (a writelines call is one write)."""
 
     def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
         self._transport = transport
@@ -27,6 +27,11 @@ class _Recorder:
     def write(self, data: bytes) -> None:
         self._writes.append(bytes(data))
         self._transport.write(data)
+
+    def writelines(self, parts: Any) -> None:  # one send (writev) of several buffers
+        parts = list(parts)
+        self._writes.append(b"".join(parts))
+        self._transport.writelines(parts)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -128,8 +133,9 @@ async def test_a_head_reaches_the_client_while_the_app_still_works_on_the_body(
     writer.close()
 
 
-async def test_100_continue_is_sent_at_once(server: tuple[int, App, list[bytes]]) -> None:
-    # A client that sends "Expect: 100-continue" waits for the interim answer before its body.
+async def test_100_continue_reaches_a_client_that_waits_for_it(server: tuple[int, App, list[bytes]]) -> None:
+    # A client that sends "Expect: 100-continue" waits for the interim answer before its body, which
+    # is then answered in full.
     port, _, _ = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
