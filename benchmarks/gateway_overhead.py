@@ -23,6 +23,10 @@ the overhead is the median over rounds of (through p50 - direct p50), each pair 
 wrk speaks HTTP only, so the direct-gRPC case is left out there.
 
 A stack that is already running can be measured instead: --torch-url, --tf-url and --gateway-url.
+Where TensorFlow is not installed (the GPU image), `--backends torch` starts only torch_service, one
+gateway and the relay; `--torch-device cuda` puts torch_service on the GPU:
+
+    python benchmarks/gateway_overhead.py --backends torch --torch-device cuda --client wrk
 """
 
 from __future__ import annotations
@@ -52,12 +56,14 @@ sys.path.insert(0, str(ROOT))
 import wrkrun  # noqa: E402  (benchmarks/ itself is on sys.path when this file runs)
 
 from devstack.ensure_model import ensure_model  # noqa: E402
-from devstack.process import ManagedProcess, free_port  # noqa: E402
+from devstack.process import ManagedProcess, free_port, pythonpath  # noqa: E402
 from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 
-def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[ManagedProcess], dict[str, str]]:
-    quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "MODEL_REPOSITORY": str(repo)}
+def start_stack(
+    repo: Path, log_dir: Path, access_log: bool, backends: set[str], torch_device: str
+) -> tuple[list[ManagedProcess], dict[str, str]]:
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": pythonpath(ROOT), "MODEL_REPOSITORY": str(repo)}
     tp, rp, gp, rl = free_port(), free_port(), free_port(), free_port()
     gwp, gwr, gwg = free_port(), free_port(), free_port()
     urls = {
@@ -69,6 +75,13 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
         "gateway_tf_rest": f"http://127.0.0.1:{gwr}",
         "gateway_grpcio": f"http://127.0.0.1:{gwg}",
     }
+    gateways = [("gateway", "grpc", "h2"), ("gateway_tf_rest", "rest", "h2"), ("gateway_grpcio", "grpc", "grpcio")]
+    if "tf" not in backends:
+        # torch only (a machine without TensorFlow, such as the GPU image): one gateway, its TF upstream
+        # pointed at a port nobody listens on (TF shows as not ready; torch requests never touch it).
+        gateways = [("gateway", "rest", "h2")]
+        for name in ("tf", "tf_grpc", "gateway_tf_rest", "gateway_grpcio"):
+            del urls[name]
     procs = [
         ManagedProcess.python_module(
             "torch_service",
@@ -80,16 +93,23 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
                 "TORCH_SERVICE_HOST": "127.0.0.1",
                 "TORCH_SERVICE_PORT": str(tp),
                 "TORCH_SERVICE_LOG_LEVEL": "warning",
+                "TORCH_SERVICE_DEVICE": torch_device,
             },
             cwd=ROOT,
         ),
-        ManagedProcess.python_module(
-            "tf_compat",
-            "tf_serving.compat",
-            ready_url=f"{urls['tf']}/v1/models/cnn",
-            log_dir=log_dir,
-            env={**quiet, "TF_SERVING_REST_PORT": str(rp), "TF_SERVING_GRPC_PORT": str(gp)},
-            cwd=ROOT,
+        *(
+            [
+                ManagedProcess.python_module(
+                    "tf_compat",
+                    "tf_serving.compat",
+                    ready_url=f"{urls['tf']}/v1/models/cnn",
+                    log_dir=log_dir,
+                    env={**quiet, "TF_SERVING_REST_PORT": str(rp), "TF_SERVING_GRPC_PORT": str(gp)},
+                    cwd=ROOT,
+                )
+            ]
+            if "tf" in backends
+            else []
         ),
         *(
             ManagedProcess.python_module(
@@ -102,7 +122,7 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
                     "GATEWAY_PORT": urls[name].rsplit(":", 1)[1],
                     "GATEWAY_TORCH_URLS": urls["torch"],
                     "GATEWAY_TF_GRPC_TARGETS": f"127.0.0.1:{gp}",
-                    "GATEWAY_TF_REST_URLS": urls["tf"],
+                    "GATEWAY_TF_REST_URLS": f"http://127.0.0.1:{rp}",
                     "GATEWAY_TF_PROTOCOL": protocol,
                     "GATEWAY_TF_GRPC_CLIENT": client,
                     "GATEWAY_ACCESS_LOG": str(access_log).lower(),
@@ -110,11 +130,7 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
                 },
                 cwd=ROOT,
             )
-            for name, protocol, client in (
-                ("gateway", "grpc", "h2"),
-                ("gateway_tf_rest", "rest", "h2"),
-                ("gateway_grpcio", "grpc", "grpcio"),
-            )
+            for name, protocol, client in gateways
         ),
         ManagedProcess(
             name="relay",
@@ -125,10 +141,17 @@ def start_stack(repo: Path, log_dir: Path, access_log: bool) -> tuple[list[Manag
             cwd=ROOT,
         ),
     ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.wait_ready(300)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.wait_ready(300)
+    except BaseException:
+        # main() only stops what this returns: a service that failed to start must not leave the
+        # others running (they would go on loading the machine that later runs are measured on).
+        for p in reversed(procs):
+            p.stop(grace=5)
+        raise
     return procs, urls
 
 
@@ -395,6 +418,17 @@ def main() -> int:
         default=True,
         help="gateway access log on (the default deployment) or off",
     )
+    ap.add_argument(
+        "--backends",
+        type=lambda s: set(s.split(",")),
+        default={"torch", "tf"},
+        help="torch,tf (default) or torch: start and measure only torch_service (no TensorFlow needed)",
+    )
+    ap.add_argument(
+        "--torch-device",
+        default=os.environ.get("TORCH_SERVICE_DEVICE", "auto"),
+        help="torch_service's device (auto | cpu | cuda | cuda:N); default $TORCH_SERVICE_DEVICE or auto",
+    )
     ap.add_argument("--torch-url")
     ap.add_argument("--tf-url")
     ap.add_argument("--tf-grpc", help="host:port of TF Serving's gRPC API (the direct-gRPC baseline)")
@@ -407,6 +441,8 @@ def main() -> int:
     )
     ap.add_argument("--wrk-duration", type=float, default=3.0, help="seconds per wrk run (--client wrk)")
     args = ap.parse_args()
+    if not args.backends <= {"torch", "tf"} or "torch" not in args.backends:
+        ap.error("--backends: torch,tf or torch (the relay and the gateway's TF cases all need torch_service)")
     if args.client == "wrk" and not wrkrun.available():
         ap.error("--client wrk: wrk is not on PATH (install it with: apt-get install -y wrk)")
 
@@ -420,18 +456,20 @@ def main() -> int:
             version, trained = ensure_model(repo)
             print(f"model repository {repo} (version {version}{', trained now' if trained else ''})")
             log_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-            print(f"starting torch_service, tf_serving.compat, gateway (logs in {log_dir}) ...", flush=True)
-            procs, urls = start_stack(repo, log_dir, args.access_log)
+            started = "torch_service, " + ("tf_serving.compat, gateways" if "tf" in args.backends else "a gateway")
+            print(f"starting {started} (logs in {log_dir}) ...", flush=True)
+            procs, urls = start_stack(repo, log_dir, args.access_log, args.backends, args.torch_device)
         tf_protocols: dict[str, str] = {}
         for name in ("gateway", "gateway_tf_rest", "gateway_grpcio"):
             if name in urls:
-                wanted = [b for b in ("torch", "tf") if b in urls or (b == "tf" and "tf_grpc" in urls)]
+                wanted: list[str] = [b for b in ("torch", "tf") if b in urls or (b == "tf" and "tf_grpc" in urls)]
                 tf_protocols[name] = asyncio.run(wait_ready(urls[name], wanted or ["torch"]))
         print(
             f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
             f"{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}; batch {args.batch}, "
-            f"access log {'on' if args.access_log else 'off'}, client "
+            + ("" if args.gateway_url else f"torch_service on {args.torch_device}, ")
+            + f"access log {'on' if args.access_log else 'off'}, client "
             + ("this script (uvloop)" if args.client == "python" else f"wrk 1 thread, {args.wrk_duration:g} s per run"),
             flush=True,
         )

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devstack.machine import cpu_model  # noqa: E402
-from devstack.process import ManagedProcess, free_port  # noqa: E402
+from devstack.process import ManagedProcess, free_port, pythonpath  # noqa: E402
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
@@ -157,10 +157,14 @@ def start_server(name: str, repo: Path, log_dir: Path, env: dict[str, str]) -> t
         "torch_service",
         ready_url=f"http://127.0.0.1:{port}/v2/health/ready",
         log_dir=log_dir,
-        env={"MODEL_REPOSITORY": str(repo), "TORCH_SERVICE_PORT": str(port), "PYTHONPATH": str(ROOT), **env},
+        env={"MODEL_REPOSITORY": str(repo), "TORCH_SERVICE_PORT": str(port), "PYTHONPATH": pythonpath(ROOT), **env},
     )
     proc.start()
-    proc.wait_ready(180)
+    try:
+        proc.wait_ready(180)
+    except BaseException:
+        proc.stop(grace=5)  # not ready in time: don't leave it running behind the error
+        raise
     return proc, port
 
 

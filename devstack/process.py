@@ -27,6 +27,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def pythonpath(*first: str | Path) -> str:
+    """PYTHONPATH for a child: `first` ahead of whatever this process was given.
+
+    Keeping the inherited entries matters where dependencies live outside the interpreter's own
+    site-packages (the GPU image's carried wheels under PYTHONPATH, say): replacing the variable would
+    leave the child unable to import them.
+    """
+    entries = [str(x) for x in first] + [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    return os.pathsep.join(dict.fromkeys(entries))
+
+
 def http_ok(url: str, timeout: float = 1.0, body_contains: str | None = None) -> bool:
     """True when `url` answers 2xx (and, if `body_contains` is given, its body contains that text).
 

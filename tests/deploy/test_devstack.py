@@ -22,7 +22,7 @@ import pytest
 from devstack.__main__ import main as devstack_main
 from devstack.__main__ import parse_ports
 from devstack.ensure_model import TrainingFailed, complete_versions, ensure_model, force_requested, latest_version
-from devstack.process import ServiceFailed
+from devstack.process import ServiceFailed, pythonpath
 from devstack.settings import PORT_FIELDS, StackSettings
 from devstack.stack import PortInUse, Stack, port_in_use
 from tests.deploy.compose_files import COMPOSE, ROOT, load_yaml
@@ -52,6 +52,14 @@ def test_settings_read_the_services_own_port_variables(monkeypatch: pytest.Monke
 def test_settings_reject_clashing_ports() -> None:
     with pytest.raises(ValueError, match="both set to port 9000"):
         StackSettings(gateway_port=9000, torch_port=9000)
+
+
+def test_child_pythonpath_keeps_what_this_process_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The GPU image's dependencies live on PYTHONPATH: a child given only the repo could not import them.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/deps", "", "/repo"]))
+    assert pythonpath(Path("/repo")) == os.pathsep.join(["/repo", "/deps"])
+    monkeypatch.delenv("PYTHONPATH")
+    assert pythonpath("/repo", "/other") == os.pathsep.join(["/repo", "/other"])
 
 
 def test_parse_ports() -> None:
