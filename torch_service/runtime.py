@@ -95,11 +95,13 @@ class ModelRuntime:
             return []
 
     def intra_op_threads(self) -> int:
-        """TORCH_SERVICE_NUM_THREADS, else the cores shared out among the batches that run at once.
+        """TORCH_SERVICE_NUM_THREADS (1 by default); 0 = the cores shared out among the batches that run at once.
 
         torch's default (one thread per core for every call) oversubscribes the CPU as soon as two
         batches run concurrently, and its spinning threads turn a 0.2 ms call into tens of ms on a
-        busy host; a single-image call gains nothing from intra-op parallelism anyway.
+        busy host. Even shared out, OpenMP's spinning workers burn cores between calls on a large host
+        (docs/benchmarks.md, torch_service on the GPU machine's 16 cores), and a model this small gains
+        nothing from intra-op parallelism: concurrency comes from num_batch_threads instead.
         """
         if self.settings.num_threads:
             return self.settings.num_threads

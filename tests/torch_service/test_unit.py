@@ -76,6 +76,20 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.policy.versions == (1, 2) and s.device == "cuda:1" and s.log_level == "warning"
 
 
+def test_one_intra_op_thread_per_call_unless_told(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from torch_service import runtime
+
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 16)  # the GPU machine's cores, where it mattered
+    monkeypatch.setenv("MODEL_REPOSITORY", str(tmp_path))
+    for var in ("TORCH_SERVICE_NUM_THREADS", "TORCH_SERVICE_ENABLE_BATCHING"):
+        monkeypatch.delenv(var, raising=False)
+    assert runtime.ModelRuntime.build(Settings()).intra_op_threads() == 1
+    monkeypatch.setenv("TORCH_SERVICE_NUM_THREADS", "0")  # share the cores out: 16 / 4 batch threads
+    assert runtime.ModelRuntime.build(Settings()).intra_op_threads() == 4
+    monkeypatch.setenv("TORCH_SERVICE_NUM_THREADS", "3")
+    assert runtime.ModelRuntime.build(Settings()).intra_op_threads() == 3
+
+
 def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_SERVICE_PORT", "70000")
     monkeypatch.setenv("TORCH_SERVICE_VERSION_POLICY", "latest:0")
