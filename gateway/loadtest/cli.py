@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from gateway.loadtest.data import DataError, load_images
 from gateway.loadtest.report import run_folder, summary_table, write_report
 from gateway.loadtest.runner import PreflightError, Progress, Runner
 from gateway.loadtest.scenario import Scenario, builtin_names, load_builtin, load_file
@@ -256,21 +257,24 @@ def main(argv: list[str] | None = None) -> int:
         scenario = scenario_from_args(args)
         endpoints = endpoints_from_args(args)
         progress = Progress()
-        runner = Runner(scenario, endpoints, progress)
+        images = load_images()  # before any load, so a missing or broken golden file is said at once
+        runner = Runner(scenario, endpoints, progress, images=images)
         _check_report_dir(Path(args.report_dir))
     except ValidationError as exc:  # one line per problem, not pydantic's multi-line dump
         for e in exc.errors():
             where = ".".join(str(x) for x in e["loc"]) or "scenario"
             print(f"error: {where}: {e['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return EXIT_CONFIG
-    except (ValueError, TargetError, OSError, yaml.YAMLError) as exc:
+    except (ValueError, TargetError, OSError, yaml.YAMLError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     print(
         f"scenario {scenario.name}: {scenario.mode}, targets {', '.join(scenario.targets)}, "
-        f"about {scenario.planned_seconds():.0f} s of load",
+        f"about {scenario.planned_seconds():.0f} s of load; images: {images.source}",
         file=sys.stderr,
     )
+    if images.warning:
+        print(f"warning: {images.warning}", file=sys.stderr)
     t0 = time.time()
     try:
         with _ProgressLine(progress, not args.no_progress):

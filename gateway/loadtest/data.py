@@ -26,6 +26,8 @@ class ImageSet:
     golden_classes: np.ndarray | None  # the model's own predictions, when the golden file has them
     source: str
     model_version: int | None = None
+    # Set when these are not the model's own test images: said in the console and in the report.
+    warning: str | None = None
 
 
 def model_repository() -> Path:
@@ -81,6 +83,10 @@ def _digits_fallback(repo: Path) -> ImageSet:
         digits.target[:512].astype(np.int64),
         None,
         f"sklearn digits (no golden.npz under {repo})",
+        warning=(
+            f"no golden.npz under {repo}/torchscript/{MODEL_NAME}/<version>/ (set MODEL_REPOSITORY or train a "
+            "model): the requests carry scikit-learn's 8x8 digits scaled to 28x28, not the model's test images"
+        ),
     )
 
 

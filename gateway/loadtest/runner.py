@@ -366,6 +366,8 @@ class Runner:
             if few
             else []
         )
+        if self.images is not None and self.images.warning:
+            out["warnings"].append(self.images.warning)
         out["verdict"] = [
             c["metrics"][m]["text"]
             for g in groups

@@ -7,6 +7,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.loadtest.cli import main
@@ -105,6 +106,34 @@ def test_gates_and_errors_set_the_exit_code(tmp_path, two_servers, fake_server, 
     bad = fake_server("--status", "500")
     assert main(_args(tmp_path, torch, bad, "--rounds", "1")) == 3  # preflight catches it first
     assert main(["--scenario", "nonexistent-scenario"]) == 3
+
+
+def test_without_a_golden_file_the_stand_in_digits_are_said_at_once_and_in_the_report(
+    tmp_path, fake_server, monkeypatch, capsys
+):
+    monkeypatch.setenv("MODEL_REPOSITORY", str(tmp_path / "empty"))
+    torch = fake_server("--delay-ms", "1")
+    args = _args(tmp_path, torch, torch, "--targets", "torch", "--rounds", "1", "--duration", "1", "--name", "fb")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    head = err.splitlines()[:2]  # the start line and the warning, before any load
+    assert "images: sklearn digits" in head[0]
+    assert head[1].startswith("warning: no golden.npz under") and "not the model's test images" in head[1]
+    report = json.loads((next((tmp_path / "reports").iterdir()) / "report.json").read_text())
+    assert any("not the model's test images" in w for w in report["warnings"])
+    assert report["data"]["source"].startswith("sklearn digits")
+
+
+def test_a_broken_golden_file_is_one_error_line_before_any_load(tmp_path, fake_server, monkeypatch, capsys):
+    d = tmp_path / "repo" / "torchscript" / "cnn" / "1"
+    d.mkdir(parents=True)
+    np.savez(d / "golden.npz", images=np.zeros((4, 8, 8), np.float32), labels=np.zeros(4, np.int64))
+    monkeypatch.setenv("MODEL_REPOSITORY", str(tmp_path / "repo"))
+    torch = fake_server("--delay-ms", "1")
+    assert main(_args(tmp_path, torch, torch, "--targets", "torch")) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "expected [N,28,28,1]" in err[0]
+    assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())
 
 
 def test_open_loop_sweep_and_slo_search_reports(tmp_path, fake_server, synthetic_repo):
