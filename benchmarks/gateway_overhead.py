@@ -33,8 +33,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
+import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -149,8 +152,7 @@ def start_stack(
     except BaseException:
         # main() only stops what this returns: a service that failed to start must not leave the
         # others running (they would go on loading the machine that later runs are measured on).
-        for p in reversed(procs):
-            p.stop(grace=5)
+        _stop_all(procs)
         raise
     return procs, urls
 
@@ -399,6 +401,30 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _exit_on_sigterm() -> None:
+    """`timeout` and `kill` send SIGTERM: turn it into SystemExit so `finally` stops the services.
+
+    They run in sessions of their own (ManagedProcess), so the signal never reaches them: without
+    this they outlive the script and load whatever is measured next.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def _stop_all(procs: list[ManagedProcess]) -> None:
+    for p in reversed(procs):
+        with contextlib.suppress(Exception):  # one that will not stop must not strand the others
+            p.stop(grace=5)
+
+
+def _torch_only_version(repo: Path) -> int:
+    """The latest TorchScript version: a torch-only run needs no TensorFlow tree (and cannot train one)."""
+    base = repo / "torchscript" / "cnn"
+    versions = sorted(int(d.name) for d in base.glob("*") if d.name.isdigit() and (d / "model.pt").is_file())
+    if not versions:
+        raise SystemExit(f"--backends torch: no {base}/<version>/model.pt (train a model first: python -m trainer)")
+    return versions[-1]
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--relay"]:  # the relay process this script starts (see start_stack)
         relay(int(sys.argv[2]), int(sys.argv[3]))
@@ -426,7 +452,7 @@ def main() -> int:
     )
     ap.add_argument(
         "--torch-device",
-        default=os.environ.get("TORCH_SERVICE_DEVICE", "auto"),
+        default=None,
         help="torch_service's device (auto | cpu | cuda | cuda:N); default $TORCH_SERVICE_DEVICE or auto",
     )
     ap.add_argument("--torch-url")
@@ -443,6 +469,12 @@ def main() -> int:
     args = ap.parse_args()
     if not args.backends <= {"torch", "tf"} or "torch" not in args.backends:
         ap.error("--backends: torch,tf or torch (the relay and the gateway's TF cases all need torch_service)")
+    if args.gateway_url and (args.backends != {"torch", "tf"} or args.torch_device is not None):
+        ap.error("--backends and --torch-device choose what this script starts; with --gateway-url it starts nothing")
+    args.torch_device = args.torch_device or os.environ.get("TORCH_SERVICE_DEVICE", "auto")
+    if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", args.torch_device):
+        ap.error(f"--torch-device {args.torch_device!r}: use auto, cpu, cuda or cuda:N")
+    _exit_on_sigterm()
     if args.client == "wrk" and not wrkrun.available():
         ap.error("--client wrk: wrk is not on PATH (install it with: apt-get install -y wrk)")
 
@@ -453,7 +485,10 @@ def main() -> int:
             urls = {name: url for name, url in given.items() if url}
         else:
             repo = args.model_repository.resolve()
-            version, trained = ensure_model(repo)
+            if "tf" in args.backends:
+                version, trained = ensure_model(repo)
+            else:
+                version, trained = _torch_only_version(repo), False
             print(f"model repository {repo} (version {version}{', trained now' if trained else ''})")
             log_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
             started = "torch_service, " + ("tf_serving.compat, gateways" if "tf" in args.backends else "a gateway")
@@ -478,8 +513,7 @@ def main() -> int:
         print()
         print(markdown(rows, args))
     finally:
-        for p in reversed(procs):
-            p.stop(grace=5)
+        _stop_all(procs)
     return 0
 
 

@@ -32,7 +32,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from devstack.process import ManagedProcess, free_port  # noqa: E402
+from devstack.process import ManagedProcess, free_port, pythonpath  # noqa: E402
 from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 ANSWER = orjson.dumps({"predictions": [{"probabilities": [0.1] * 10, "classes": 3}]})
@@ -156,7 +156,7 @@ def main() -> int:
                 ready_url=f"{urls[name]}/readyz",
                 log_dir=log_dir,
                 env={
-                    "PYTHONPATH": str(tree),
+                    "PYTHONPATH": pythonpath(tree),
                     "GATEWAY_PORT": str(port),
                     "GATEWAY_TORCH_URLS": urls["direct"],
                     "GATEWAY_TF_PROTOCOL": "rest",

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -325,6 +326,9 @@ def print_report(res: dict) -> None:
 
 
 def main() -> int:
+    # `timeout`/`kill` send SIGTERM: exit through the `finally` blocks that stop the servers (they run in
+    # sessions of their own and would otherwise outlive this script).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (servers and in-process baseline)")
     p.add_argument(

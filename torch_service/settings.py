@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # torch intra-op threads per call; 0 = the cores divided by the number of batches that run at once.
     # 1 by default: measured on a 16-core host, sharing the cores out (4 threads per batch) cost 20 ms of
-    # CPU per request at concurrency 1 (OpenMP threads spinning between calls) and was slower at every
-    # load than one thread per call, the parallelism coming from the batches that run at once.
+    # CPU per request at concurrency 1 (OpenMP threads spinning between calls) against 1.1 ms, and was
+    # slower at concurrency 1 and no faster at 64 than one thread per call; the parallelism comes from
+    # the batches that run at once.
     num_threads: int = Field(default=1, ge=0)
     num_interop_threads: int = Field(default=0, ge=0)  # 0 = torch's default
     # Batching off: requests run concurrently on this many threads (0 = one per core) ...

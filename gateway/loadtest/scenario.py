@@ -17,10 +17,15 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Far above what any generator here can send (tens of thousands of requests/s per machine): a higher
+# rate is a typo, and its schedule (one float per request) would not even fit in memory.
+MAX_RATE = 1_000_000.0
+
+
 class LoadSpec(_Model):
     loop: Literal["closed", "open"] = "closed"
     concurrency: int = Field(default=4, ge=1)  # closed loop: clients
-    rate: float = Field(default=100.0, gt=0)  # open loop: requests/s
+    rate: float = Field(default=100.0, gt=0, le=MAX_RATE)  # open loop: requests/s
     arrival: Literal["poisson", "constant"] = "poisson"
     connections: int = Field(default=64, ge=1)  # open loop: connection cap
     batch_size: int = Field(default=1, ge=1, le=1024)
@@ -29,7 +34,7 @@ class LoadSpec(_Model):
 
 class SweepSpec(_Model):
     concurrency: list[Annotated[int, Field(ge=1)]] | None = None  # closed loop levels
-    rates: list[Annotated[float, Field(gt=0)]] | None = None  # open loop levels
+    rates: list[Annotated[float, Field(gt=0, le=MAX_RATE)]] | None = None  # open loop levels
 
     @model_validator(mode="after")
     def _one(self) -> SweepSpec:
@@ -40,8 +45,8 @@ class SweepSpec(_Model):
 
 class SloSpec(_Model):
     p99_ms: float = Field(gt=0)
-    rate_low: float = Field(default=10.0, gt=0)
-    rate_high: float = Field(default=1000.0, gt=0)
+    rate_low: float = Field(default=10.0, gt=0, le=MAX_RATE)
+    rate_high: float = Field(default=1000.0, gt=0, le=MAX_RATE)
     iterations: int = Field(default=6, ge=1, le=20)
     step_duration_s: float = Field(default=5.0, gt=0)
     max_error_rate: float = Field(default=0.0, ge=0, le=1)

@@ -228,6 +228,9 @@ def test_gateway_targets_carry_the_api_key_from_flag_or_environment(monkeypatch:
         (["--slo-p99-ms", "50", "--slo-rates", "100,20"], "must be below rate_high"),
         (["--slo-p99-ms", "50", "--slo-rates", "100"], "two rates"),
         (["--slo-rates", "20,100"], "applies to an SLO search"),
+        # A schedule of a billion requests per second would not fit in memory (it used to end in a traceback).
+        (["--rate", "1e9"], "load.rate: Input should be less than or equal to 1000000"),
+        (["--sweep-rates", "100,2e6"], "less than or equal to 1000000"),
         (["--report-dir", "{a_file}"], "error:"),  # found before the load, not after it
     ],
 )

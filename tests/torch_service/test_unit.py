@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from serving_core.batching import BatchingParameters
+from serving_core.batching import BatchingParameters, load_batching_parameters
 from serving_core.errors import DeadlineExceeded, FailedPrecondition
 from serving_core.repository import ManifestError
 from torch_service.middleware import endpoint_label
@@ -81,11 +82,12 @@ def test_one_intra_op_thread_per_call_unless_told(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(runtime, "available_cpus", lambda: 16)  # the GPU machine's cores, where it mattered
     monkeypatch.setenv("MODEL_REPOSITORY", str(tmp_path))
-    for var in ("TORCH_SERVICE_NUM_THREADS", "TORCH_SERVICE_ENABLE_BATCHING"):
-        monkeypatch.delenv(var, raising=False)
+    for var in [v for v in os.environ if v.startswith("TORCH_SERVICE_")]:
+        monkeypatch.delenv(var)
     assert runtime.ModelRuntime.build(Settings()).intra_op_threads() == 1
-    monkeypatch.setenv("TORCH_SERVICE_NUM_THREADS", "0")  # share the cores out: 16 / 4 batch threads
-    assert runtime.ModelRuntime.build(Settings()).intra_op_threads() == 4
+    monkeypatch.setenv("TORCH_SERVICE_NUM_THREADS", "0")  # share the cores out among the batch threads
+    batch_threads = load_batching_parameters(default_batching_file()).num_batch_threads
+    assert runtime.ModelRuntime.build(Settings()).intra_op_threads() == 16 // batch_threads
     monkeypatch.setenv("TORCH_SERVICE_NUM_THREADS", "3")
     assert runtime.ModelRuntime.build(Settings()).intra_op_threads() == 3
 
