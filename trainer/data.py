@@ -170,6 +170,17 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise TrainerError(f"cannot read {path}: {e.strerror or e}") from None
+    if magic != b"PK\x03\x04":
+        # Anything else would reach np.load's pickle branch, whose message is about trusting pickles.
+        raise TrainerError(
+            f"cannot read {path}: not an .npz file (a zip of arrays x_train, y_train, x_test, y_test, as Keras' "
+            "mnist.npz) nor a directory of MNIST IDX files"
+        )
+    try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
             if missing:

@@ -160,5 +160,12 @@ def builtin_names() -> list[str]:
 def load_builtin(name: str) -> dict[str, Any]:
     res = resources.files("gateway.loadtest.scenarios").joinpath(f"{name}.yaml")
     if not res.is_file():
-        raise ValueError(f"no built-in scenario {name!r}; built-in: {', '.join(builtin_names())}")
+        # The same flag takes a file: a name that looks like a path was most likely meant as one.
+        looks_like_file = "/" in name or name.endswith((".yaml", ".yml"))
+        what = (
+            f"no scenario file {name!r} (and no built-in scenario of that name)"
+            if looks_like_file
+            else (f"no built-in scenario {name!r} (and no file of that name)")
+        )
+        raise ValueError(f"{what}; built-in: {', '.join(builtin_names())}")
     return yaml.safe_load(res.read_text(encoding="utf-8"))

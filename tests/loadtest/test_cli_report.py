@@ -230,6 +230,8 @@ def test_gateway_targets_carry_the_api_key_from_flag_or_environment(monkeypatch:
         (["--slo-rates", "20,100"], "applies to an SLO search"),
         # A schedule of a billion requests per second would not fit in memory (it used to end in a traceback).
         (["--rate", "1e9"], "load.rate: Input should be less than or equal to 1000000"),
+        (["--scenario", "scenarios/mine.yaml"], "no scenario file 'scenarios/mine.yaml'"),  # a typo in a path
+        (["--scenario", "sweeep"], "no built-in scenario 'sweeep' (and no file of that name)"),
         (["--sweep-rates", "100,2e6"], "less than or equal to 1000000"),
         (["--report-dir", "{a_file}"], "error:"),  # found before the load, not after it
     ],
