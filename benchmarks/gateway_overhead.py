@@ -37,7 +37,6 @@ import contextlib
 import os
 import platform
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -59,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 import wrkrun  # noqa: E402  (benchmarks/ itself is on sys.path when this file runs)
 
 from devstack.ensure_model import ensure_model  # noqa: E402
-from devstack.process import ManagedProcess, free_port, pythonpath  # noqa: E402
+from devstack.process import ManagedProcess, free_port, pythonpath, stop_started_on_sigterm  # noqa: E402
 from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 
@@ -401,15 +400,6 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def _exit_on_sigterm() -> None:
-    """`timeout` and `kill` send SIGTERM: turn it into SystemExit so `finally` stops the services.
-
-    They run in sessions of their own (ManagedProcess), so the signal never reaches them: without
-    this they outlive the script and load whatever is measured next.
-    """
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-
 def _stop_all(procs: list[ManagedProcess]) -> None:
     for p in reversed(procs):
         with contextlib.suppress(Exception):  # one that will not stop must not strand the others
@@ -474,7 +464,7 @@ def main() -> int:
     args.torch_device = args.torch_device or os.environ.get("TORCH_SERVICE_DEVICE", "auto")
     if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", args.torch_device):
         ap.error(f"--torch-device {args.torch_device!r}: use auto, cpu, cuda or cuda:N")
-    _exit_on_sigterm()
+    stop_started_on_sigterm()
     if args.client == "wrk" and not wrkrun.available():
         ap.error("--client wrk: wrk is not on PATH (install it with: apt-get install -y wrk)")
 

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devstack.machine import cpu_model  # noqa: E402
-from devstack.process import ManagedProcess, free_port, pythonpath  # noqa: E402
+from devstack.process import ManagedProcess, free_port, pythonpath, stop_started_on_sigterm  # noqa: E402
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
@@ -326,9 +325,7 @@ def print_report(res: dict) -> None:
 
 
 def main() -> int:
-    # `timeout`/`kill` send SIGTERM: exit through the `finally` blocks that stop the servers (they run in
-    # sessions of their own and would otherwise outlive this script).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_started_on_sigterm()  # `timeout`/`kill`: the servers run in sessions of their own
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (servers and in-process baseline)")
     p.add_argument(

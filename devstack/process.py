@@ -15,6 +15,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Every ManagedProcess started by this process and not yet stopped (see stop_started_on_sigterm).
+_started: list[ManagedProcess] = []
+
+
+def stop_started_on_sigterm(exit_code: int = 143) -> None:
+    """On SIGTERM (what `timeout` and `kill` send), stop every service this process started, then exit.
+
+    The services run in sessions of their own, so the signal never reaches them; a script killed this
+    way would leave them running. Raising SystemExit from the handler is not enough: under uvloop it can
+    land in a transport callback, which reports it as a fatal transport error and carries on. So the
+    handler stops the services itself and leaves with os._exit.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        for proc in reversed(list(_started)):
+            with contextlib.suppress(Exception):
+                proc.stop(grace=5)
+        os._exit(exit_code)
+
+    signal.signal(signal.SIGTERM, handler)
+
 
 class ServiceFailed(RuntimeError):
     """A service exited or never became ready; the message carries its log tail."""
@@ -107,6 +128,7 @@ class ManagedProcess:
             start_new_session=True,
         )
         log.close()
+        _started.append(self)
         return self
 
     @property
@@ -151,6 +173,8 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 self.signal(signal.SIGKILL)
                 self.proc.wait(timeout=5)
+        with contextlib.suppress(ValueError):
+            _started.remove(self)
         return self.proc.returncode
 
     def kill(self) -> None:

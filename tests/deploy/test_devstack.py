@@ -62,6 +62,31 @@ def test_child_pythonpath_keeps_what_this_process_was_given(monkeypatch: pytest.
     assert pythonpath("/repo", "/other") == os.pathsep.join(["/repo", "/other"])
 
 
+def test_sigterm_stops_the_services_a_script_started(tmp_path: Path) -> None:
+    # What `timeout` does to a benchmark script: its services live in sessions of their own, so only the
+    # script's handler can stop them; without it they outlive it and load the next measurement.
+    script = tmp_path / "bench.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from devstack.process import ManagedProcess, stop_started_on_sigterm\n"
+        "stop_started_on_sigterm()\n"
+        "p = ManagedProcess('sleeper', [sys.executable, '-c', 'import time; time.sleep(120)'], None,\n"
+        f"                   Path({str(tmp_path)!r}) / 'sleeper.log').start()\n"
+        "print(p.proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(root)}, text=True
+    )
+    assert proc.stdout is not None
+    child = psutil.Process(int(proc.stdout.readline()))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
 def test_parse_ports() -> None:
     assert parse_ports("gateway=18000, tf_grpc=18500") == {"gateway_port": 18000, "tf_grpc_port": 18500}
     auto = parse_ports("auto")

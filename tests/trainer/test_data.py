@@ -88,11 +88,11 @@ def test_bad_data_paths(tmp_path):
         load_splits(make_config(data=str(empty)))
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"garbage")
-    with pytest.raises(TrainerError, match="cannot read .*: not an .npz file"):
+    with pytest.raises(TrainerError, match=r"cannot read .*: not an \.npz file"):
         load_splits(make_config(data=str(junk)))
     text = tmp_path / "digits.txt"  # np.load alone would answer with advice about trusting pickles
     text.write_text("hello\n")
-    with pytest.raises(TrainerError, match="not an .npz file") as info:
+    with pytest.raises(TrainerError, match=r"not an \.npz file") as info:
         load_splits(make_config(data=str(text)))
     assert "pickle" not in str(info.value)
     partial = tmp_path / "partial.npz"
