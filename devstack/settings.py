@@ -25,7 +25,7 @@ class StackSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DEVSTACK_", extra="ignore", populate_by_name=True)
 
-    # Loopback only: the local stack is for one developer's machine, never exposed.
+    # Loopback by default: the local stack is for one developer's machine (DEVSTACK_HOST to change it).
     host: str = "127.0.0.1"
     model_repository: Path = Field(
         default=Path("model_repository"),
