@@ -359,9 +359,15 @@ def test_run_job_kills_the_whole_group_when_interrupted(tmp_path: Path) -> None:
             time.sleep(0.1)
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-    threading.Thread(target=interrupt_when_started, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_job([sys.executable, "-c", script], os.environ, grace_s=1.0)
+    # Python raises KeyboardInterrupt only if SIGINT was not ignored when it started, and a shell ignores
+    # it for background jobs (`make test &`): put the default handler in place for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_when_started, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            run_job([sys.executable, "-c", script], os.environ, grace_s=1.0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     grandchild = int(pid_file.read_text())
     _assert_all_gone([p for p in [_proc_or_none(grandchild)] if p is not None])
 
