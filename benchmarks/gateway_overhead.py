@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 import wrkrun  # noqa: E402  (benchmarks/ itself is on sys.path when this file runs)
 
-from devstack.ensure_model import ensure_model  # noqa: E402
+from devstack.ensure_model import complete_versions, ensure_model  # noqa: E402
 from devstack.process import ManagedProcess, free_port, pythonpath, stop_started_on_sigterm  # noqa: E402
 from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
@@ -408,10 +408,9 @@ def _stop_all(procs: list[ManagedProcess]) -> None:
 
 def _torch_only_version(repo: Path) -> int:
     """The latest TorchScript version: a torch-only run needs no TensorFlow tree (and cannot train one)."""
-    base = repo / "torchscript" / "cnn"
-    versions = sorted(int(d.name) for d in base.glob("*") if d.name.isdigit() and (d / "model.pt").is_file())
+    versions = complete_versions(repo, frameworks=("torchscript",))
     if not versions:
-        raise SystemExit(f"--backends torch: no {base}/<version>/model.pt (train a model first: python -m trainer)")
+        raise SystemExit(f"--backends torch: no {repo}/torchscript/cnn/<version>/model.pt (train: python -m trainer)")
     return versions[-1]
 
 

@@ -36,10 +36,13 @@ def _versions(tree: Path) -> set[int]:
     return {int(p.name) for p in tree.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0}
 
 
-def complete_versions(repo: Path, model: str = MODEL_NAME) -> list[int]:
-    """Versions present in both trees with their key artifact, ascending."""
+def complete_versions(
+    repo: Path, model: str = MODEL_NAME, frameworks: tuple[str, ...] = tuple(REQUIRED_FILES)
+) -> list[int]:
+    """Versions present in every tree of `frameworks` (both by default) with their key artifact, ascending."""
     found: set[int] | None = None
-    for framework, files in REQUIRED_FILES.items():
+    for framework in frameworks:
+        files = REQUIRED_FILES[framework]
         tree = Path(repo) / framework / model
         ok = {v for v in _versions(tree) if all((tree / str(v) / f).is_file() for f in files)}
         found = ok if found is None else found & ok

@@ -165,7 +165,7 @@ def load_builtin(name: str) -> dict[str, Any]:
         what = (
             f"no scenario file {name!r} (and no built-in scenario of that name)"
             if looks_like_file
-            else (f"no built-in scenario {name!r} (and no file of that name)")
+            else f"no built-in scenario {name!r} (and no file of that name)"
         )
         raise ValueError(f"{what}; built-in: {', '.join(builtin_names())}")
     return yaml.safe_load(res.read_text(encoding="utf-8"))
