@@ -1,16 +1,18 @@
 """Gateway overhead: latency through the gateway minus latency straight to the backend, side by side.
 
-Starts torch_service, the TF-Serving-compatible server (REST + gRPC), three gateways (TF upstream over
-gRPC with the default h2 client, over gRPC with grpcio's client, and over REST) and a plain TCP relay
-on free loopback ports, warms every path up,
+Starts torch_service, the TF-Serving-compatible server (REST + gRPC), three gateways (the default:
+torch over the binary wire, TF over gRPC with the h2 client; TF over gRPC with grpcio's client; and
+"gateway_json", which forwards JSON bodies to both: torch with GATEWAY_TORCH_WIRE=json, TF over
+REST) and a plain TCP relay on free loopback ports, warms every path up,
 then for each case and concurrency sends the same request alternately in rounds straight to the
 backend and through the front (same body, interleaved in time) and prints p50/p99 of both and their
 difference, plus the gateway's CPU time per request.
 
-Cases: torch via REST; tf via the gateway's gRPC upstream compared with a client calling TF's REST API
-directly and with one calling its gRPC API directly (grpc.aio); tf via the REST upstream; tf via the
-gRPC upstream with GATEWAY_TF_GRPC_CLIENT=grpcio; and torch behind a TCP relay that only copies bytes:
-the floor of ANY extra user-space hop on this machine, which the gateway's overhead includes too.
+Cases: torch via REST (binary wire, and JSON wire); tf via the gateway's gRPC upstream compared with
+a client calling TF's REST API directly and with one calling its gRPC API directly (grpc.aio); tf via
+the REST upstream; tf via the gRPC upstream with GATEWAY_TF_GRPC_CLIENT=grpcio; and torch behind a
+TCP relay that only copies bytes: the floor of ANY extra user-space hop on this machine, which the
+gateway's overhead includes too.
 
     python benchmarks/gateway_overhead.py [--requests 2000] [--concurrency 1,64] [--batch 1]
     python benchmarks/gateway_overhead.py --client wrk [--wrk-duration 3]
@@ -23,8 +25,8 @@ the overhead is the median over rounds of (through p50 - direct p50), each pair 
 wrk speaks HTTP only, so the direct-gRPC case is left out there.
 
 A stack that is already running can be measured instead: --torch-url, --tf-url and --gateway-url.
-Where TensorFlow is not installed (the GPU image), `--backends torch` starts only torch_service, one
-gateway and the relay; `--torch-device cuda` puts torch_service on the GPU:
+Where TensorFlow is not installed (the GPU image), `--backends torch` starts only torch_service, two
+gateways (binary and JSON wire) and the relay; `--torch-device cuda` puts torch_service on the GPU:
 
     python benchmarks/gateway_overhead.py --backends torch --torch-device cuda --client wrk
 """
@@ -74,15 +76,21 @@ def start_stack(
         "relay": f"http://127.0.0.1:{rl}",
         "tf": f"http://127.0.0.1:{rp}",
         "gateway": f"http://127.0.0.1:{gwp}",
-        "gateway_tf_rest": f"http://127.0.0.1:{gwr}",
+        "gateway_json": f"http://127.0.0.1:{gwr}",
         "gateway_grpcio": f"http://127.0.0.1:{gwg}",
     }
-    gateways = [("gateway", "grpc", "h2"), ("gateway_tf_rest", "rest", "h2"), ("gateway_grpcio", "grpc", "grpcio")]
+    # (name, TF upstream protocol, its gRPC client, torch wire)
+    gateways = [
+        ("gateway", "grpc", "h2", "binary"),
+        ("gateway_json", "rest", "h2", "json"),
+        ("gateway_grpcio", "grpc", "grpcio", "binary"),
+    ]
     if "tf" not in backends:
-        # torch only (a machine without TensorFlow, such as the GPU image): one gateway, its TF upstream
-        # pointed at a port nobody listens on (TF shows as not ready; torch requests never touch it).
-        gateways = [("gateway", "rest", "h2")]
-        for name in ("tf", "tf_grpc", "gateway_tf_rest", "gateway_grpcio"):
+        # torch only (a machine without TensorFlow, such as the GPU image): two gateways (torch over the
+        # binary and over the JSON wire), their TF upstream pointed at a port nobody listens on (TF shows
+        # as not ready; torch requests never touch it).
+        gateways = [("gateway", "rest", "h2", "binary"), ("gateway_json", "rest", "h2", "json")]
+        for name in ("tf", "tf_grpc", "gateway_grpcio"):
             del urls[name]
     procs = [
         ManagedProcess.python_module(
@@ -127,12 +135,13 @@ def start_stack(
                     "GATEWAY_TF_REST_URLS": f"http://127.0.0.1:{rp}",
                     "GATEWAY_TF_PROTOCOL": protocol,
                     "GATEWAY_TF_GRPC_CLIENT": client,
+                    "GATEWAY_TORCH_WIRE": wire,
                     "GATEWAY_ACCESS_LOG": str(access_log).lower(),
                     "GATEWAY_HEALTH_INTERVAL_S": "0.5",
                 },
                 cwd=ROOT,
             )
-            for name, protocol, client in gateways
+            for name, protocol, client, wire in gateways
         ),
         ManagedProcess(
             name="relay",
@@ -278,17 +287,25 @@ async def measure(
         images = orjson.loads(body)["instances"]
         calls["tf_grpc"], close = grpc_call(urls["tf_grpc"], np.asarray(images, dtype=np.float32))
         closers.append(close)
-    for name, backend in (("gateway", "torch"), ("gateway", "tf"), ("gateway_tf_rest", "tf"), ("gateway_grpcio", "tf")):
+    for name, backend in (
+        ("gateway", "torch"),
+        ("gateway_json", "torch"),
+        ("gateway", "tf"),
+        ("gateway_json", "tf"),
+        ("gateway_grpcio", "tf"),
+    ):
         if name in pools:
             calls[f"{name}?{backend}"] = http_call(pools[name], f"{predict}?backend={backend}", body)
             targets[f"{name}?{backend}"] = f"{urls[name]}{predict}?backend={backend}"
     upstream = "gRPC" if tf_protocols.get("gateway", "grpc") == "grpc" else "REST"
     # case -> (direct call, call through the front, the front's process for its CPU time)
     cases = {
-        "torch (REST)": ("torch", "gateway?torch", "gateway"),
+        "torch (REST, binary)": ("torch", "gateway?torch", "gateway"),
+        # The client's JSON forwarded as sent (GATEWAY_TORCH_WIRE=json): torch_service parses it again.
+        "torch (REST, JSON)": ("torch", "gateway_json?torch", "gateway_json"),
         f"tf ({upstream}) vs direct REST": ("tf", "gateway?tf", "gateway"),
         f"tf ({upstream}) vs direct gRPC": ("tf_grpc", "gateway?tf", "gateway"),
-        "tf (REST)": ("tf", "gateway_tf_rest?tf", "gateway_tf_rest"),
+        "tf (REST)": ("tf", "gateway_json?tf", "gateway_json"),
         # The same gRPC upstream through grpcio's client (GATEWAY_TF_GRPC_CLIENT=grpcio) instead of h2.
         "tf (gRPC, grpcio) vs direct REST": ("tf", "gateway_grpcio?tf", "gateway_grpcio"),
         "torch via TCP relay (floor)": ("torch", "relay", "relay"),
@@ -480,11 +497,11 @@ def main() -> int:
                 version, trained = _torch_only_version(repo), False
             print(f"model repository {repo} (version {version}{', trained now' if trained else ''})")
             log_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-            started = "torch_service, " + ("tf_serving.compat, gateways" if "tf" in args.backends else "a gateway")
+            started = "torch_service, " + ("tf_serving.compat, gateways" if "tf" in args.backends else "two gateways")
             print(f"starting {started} (logs in {log_dir}) ...", flush=True)
             procs, urls = start_stack(repo, log_dir, args.access_log, args.backends, args.torch_device)
         tf_protocols: dict[str, str] = {}
-        for name in ("gateway", "gateway_tf_rest", "gateway_grpcio"):
+        for name in ("gateway", "gateway_json", "gateway_grpcio"):
             if name in urls:
                 wanted: list[str] = [b for b in ("torch", "tf") if b in urls or (b == "tf" and "tf_grpc" in urls)]
                 tf_protocols[name] = asyncio.run(wait_ready(urls[name], wanted or ["torch"]))

@@ -2,7 +2,7 @@
 # Gateway overhead in front of torch_service on a CUDA machine (issue 5's figure on a larger host).
 #
 # The GPU image has no TensorFlow and no package registry, so this measures the torch path only
-# (`gateway_overhead.py --backends torch`): torch_service on the GPU, one gateway, the byte-copying
+# (`gateway_overhead.py --backends torch`): torch_service on the GPU, two gateways (binary and JSON wire), the byte-copying
 # relay, each with cores of its own (16 there; the 2-vCPU development VM shares two between client,
 # gateway and backend). The wheels and the model repository travel as for gpu_torch_service.sh (a
 # repository with only its torchscript/ tree will do), and wrk with the libraries it links, made here:

@@ -13,7 +13,7 @@ from gateway.settings import BACKENDS, Backend, Settings
 from gateway.upstreams.balancer import Balancer, Replica
 from gateway.upstreams.grpc import GrpcTransport
 from gateway.upstreams.pool import BackendPool
-from gateway.upstreams.rest import RestTransport
+from gateway.upstreams.rest import RestTransport, Wire
 
 log = logging.getLogger("gateway")
 
@@ -23,7 +23,7 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics
         self.pools: dict[str, BackendPool] = {
-            "torch": self._pool("torch", settings.torch_urls, self._rest()),
+            "torch": self._pool("torch", settings.torch_urls, self._rest(settings.torch_wire)),
             "tf": (
                 self._pool(
                     "tf",
@@ -36,18 +36,19 @@ class Gateway:
                     ),
                 )
                 if settings.tf_protocol == "grpc"
-                else self._pool("tf", settings.tf_rest_urls, self._rest())
+                else self._pool("tf", settings.tf_rest_urls, self._rest("json"))  # all TF Serving's REST speaks
             ),
         }
         self._health_task: asyncio.Task[None] | None = None
 
-    def _rest(self) -> RestTransport:
+    def _rest(self, wire: Wire) -> RestTransport:
         s = self.settings
         return RestTransport(
             timeout_s=s.timeout_s,
             connect_timeout_s=s.connect_timeout_s,
             health_timeout_s=s.health_timeout_s,
             max_connections=s.max_connections,
+            wire=wire,
         )
 
     def _pool(self, name: str, addresses: list[str], transport: RestTransport | GrpcTransport) -> BackendPool:

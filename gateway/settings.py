@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     tf_rest_urls: CsvList = ["http://127.0.0.1:8501"]
     tf_grpc_targets: CsvList = ["127.0.0.1:8500"]
     tf_protocol: Literal["grpc", "rest"] = "grpc"
+    # How predict calls travel to torch_service: "binary", its Open Inference Protocol `infer` with the
+    # binary tensor data extension (the validated float32 tensor itself, parsed once, here), or "json",
+    # its TF-Serving REST predict with the client's body forwarded as sent (gateway/upstreams/rest.py).
+    torch_wire: Literal["binary", "json"] = "binary"
     # Which gRPC client speaks to TF Serving: "h2", the gateway's lean HTTP/2 unary client
     # (upstreams/h2grpc.py, less than half of grpcio's CPU per call), or "grpcio" (grpc.aio channels).
     tf_grpc_client: Literal["h2", "grpcio"] = "h2"

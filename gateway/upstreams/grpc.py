@@ -60,6 +60,7 @@ def tensor_to_numpy(tensor: Any) -> np.ndarray:
 
 class GrpcTransport:
     protocol = "grpc"
+    wire = "tensor_proto"  # PredictRequest with the float32 tensor as raw bytes (tensor_content)
 
     def __init__(
         self,

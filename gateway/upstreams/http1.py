@@ -77,12 +77,13 @@ class Http1Pool:
         return _Conn(reader, writer)
 
     async def request(
-        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json"
+        self, method: str, path: str, body: bytes = b"", content_type: str = "application/json", extra_headers: str = ""
     ) -> HttpResponse:
-        """One call. Timeouts are the caller's (asyncio.timeout around this); a cancelled call's
-        connection is closed, never reused half-read."""
+        """One call; `extra_headers` are complete header lines, each ending in CRLF. Timeouts are the
+        caller's (asyncio.timeout around this); a cancelled call's connection is closed, never reused half-read."""
         head = (
-            f"{method} {path} HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n".encode()
+            f"{method} {path} HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"{extra_headers}".encode()
             + b"Host: "
             + self._host_header
             + b"\r\n\r\n"

@@ -55,7 +55,8 @@ class PredictResult:
 
 
 class Transport(Protocol):
-    protocol: str
+    protocol: str  # "rest" or "grpc"
+    wire: str  # what a predict body is: "json", "binary" (OIP binary tensors) or "tensor_proto"
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -152,6 +153,7 @@ class BackendPool:
     def snapshot(self) -> dict[str, Any]:
         return {
             "protocol": self.protocol,
+            "wire": self.transport.wire,
             "balancer": self.balancer.policy,
             "ready": self.ready,
             "replicas": [r.snapshot() for r in self.replicas],

@@ -1,5 +1,7 @@
-"""A small real backend for gateway tests: TF Serving's REST predict/status API and, optionally,
-its gRPC Predict/GetModelStatus, with behaviour chosen by the input so tests can provoke failures.
+"""A small real backend for gateway tests: TF Serving's REST predict/status API, the Open Inference
+Protocol's `infer` (JSON or binary tensors, as torch_service answers the gateway's binary wire) and,
+optionally, TF Serving's gRPC Predict/GetModelStatus, with behaviour chosen by the input so tests can
+provoke failures.
 
 Output: `classes` = round(10 * pixel[0,0,0]) % 10, probabilities peaked on it (so answers are
 checkable). Control pixel [0,1,0]: 0.25 -> invalid argument (400), 0.5 -> internal error (500),
@@ -17,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from serving_core import oip
 from serving_core.errors import ServingError
 from serving_core.tfs_rest import parse_predict_body, predict_response
 
@@ -66,6 +69,27 @@ def rest_app(name: str, version: int) -> FastAPI:
         if c == 0.75:
             await asyncio.sleep(2.0)
         return Response(predict_response(req.format, model(req.images)), media_type="application/json", headers=hdr)
+
+    @app.post("/v2/models/{model_name}/infer")
+    async def infer(model_name: str, request: Request) -> Response:
+        if model_name != "cnn":
+            return err(404, f"Servable not found for request: Latest({model_name})")
+        try:
+            req = oip.parse_infer_body(await request.body(), header_length=request.headers.get(oip.HEADER_LENGTH))
+        except ServingError as exc:
+            return err(exc.http_status, "standin: " + exc.message)
+        c = control(req.images)
+        if c == 0.25:
+            return err(400, "standin rejects this input")
+        if c == 0.5:
+            return err(500, "standin internal failure")
+        if c == 0.75:
+            await asyncio.sleep(2.0)
+        content, header_length = oip.infer_response(model_name, version, req, model(req.images))
+        if header_length is not None:
+            hdr_binary = {**hdr, oip.HEADER_LENGTH: str(header_length)}
+            return Response(content, media_type=oip.BINARY_CONTENT_TYPE, headers=hdr_binary)
+        return Response(content, media_type="application/json", headers=hdr)
 
     return app
 

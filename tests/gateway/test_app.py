@@ -49,6 +49,7 @@ def test_health_ready_and_backends_when_nothing_is_up(client: TestClient) -> Non
     doc = client.get("/v1/backends").json()
     assert set(doc["backends"]) == {"torch", "tf"}
     assert doc["backends"]["tf"]["protocol"] == "grpc"
+    assert (doc["backends"]["torch"]["protocol"], doc["backends"]["torch"]["wire"]) == ("rest", "binary")
     assert doc["backends"]["torch"]["replicas"][0]["healthy"] is False
 
 

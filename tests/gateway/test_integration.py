@@ -25,7 +25,10 @@ def real(module_procs: Procs, model_repository: Path) -> dict[str, str]:
     _, tf_url, tf_target = tf_compat(module_procs, model_repository)
     quiet = {"access_log": "false"}
     _, via_grpc = gateway(module_procs, torch_urls=torch_url, tf_grpc_targets=tf_target, **quiet)
-    _, via_rest = gateway(module_procs, torch_urls=torch_url, tf_rest_urls=tf_url, tf_protocol="rest", **quiet)
+    # JSON bodies forwarded as sent to both: TF over REST, torch over its TF-Serving REST API (not the binary wire).
+    _, via_rest = gateway(
+        module_procs, torch_urls=torch_url, tf_rest_urls=tf_url, tf_protocol="rest", torch_wire="json", **quiet
+    )
     # The same gRPC upstream through grpcio's client instead of the gateway's own HTTP/2 one.
     _, via_grpcio = gateway(
         module_procs, torch_urls=torch_url, tf_grpc_targets=tf_target, tf_grpc_client="grpcio", **quiet
@@ -50,7 +53,8 @@ def probs_and_classes(doc: dict) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("fmt", ["row", "columnar"])
 @pytest.mark.parametrize(
-    ("gw", "backend"), [("gw_grpc", "torch"), ("gw_grpc", "tf"), ("gw_rest", "tf"), ("gw_grpcio", "tf")]
+    ("gw", "backend"),
+    [("gw_grpc", "torch"), ("gw_rest", "torch"), ("gw_grpc", "tf"), ("gw_rest", "tf"), ("gw_grpcio", "tf")],
 )
 def test_predict_equals_direct_call_and_golden(
     real: dict[str, str], golden: dict, gw: str, backend: str, fmt: str
@@ -68,6 +72,9 @@ def test_predict_equals_direct_call_and_golden(
     np.testing.assert_array_equal(c, c_direct)
     np.testing.assert_array_equal(c, golden["classes"][:N])
     np.testing.assert_allclose(p, golden["probabilities"][:N], atol=1e-5)
+    if backend == "torch":
+        # Over either wire (binary tensors, or the client's JSON forwarded), the very bytes torch_service answers.
+        assert through.content == direct.content
 
 
 def test_explicit_version_and_unknown_model(real: dict[str, str], golden: dict) -> None:
@@ -79,10 +86,17 @@ def test_explicit_version_and_unknown_model(real: dict[str, str], golden: dict) 
         assert r.status_code == 404 and r.json()["error"], (backend, r.text)
         r = httpx.post(f"{real['gw_grpc']}/v1/models/other:predict?backend={backend}", content=body)
         assert r.status_code == 404 and r.json()["error"], (backend, r.text)
-    # Both gRPC clients pass TF's errors through alike: same status, same message.
+    # Both gRPC clients pass TF's errors through alike: same status, same message. So do torch's two wires
+    # (OIP infer with binary tensors, TF-Serving REST predict), and so does torch_service called directly.
     for path in ("/v1/models/cnn/versions/9:predict", "/v1/models/other:predict"):
         ours, grpcio = (httpx.post(f"{real[gw]}{path}?backend=tf", content=body) for gw in ("gw_grpc", "gw_grpcio"))
         assert (ours.status_code, ours.json()) == (grpcio.status_code, grpcio.json())
+        binary, json_wire = (
+            httpx.post(f"{real[gw]}{path}?backend=torch", content=body) for gw in ("gw_grpc", "gw_rest")
+        )
+        direct = httpx.post(f"{real['torch']}{path}", content=body)
+        assert (binary.status_code, binary.json()) == (json_wire.status_code, json_wire.json())
+        assert (binary.status_code, binary.json()) == (direct.status_code, direct.json())
 
 
 @pytest.mark.parametrize("gw", ["gw_grpc", "gw_rest"])

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 
 from serving_core import contract
@@ -259,6 +261,65 @@ def test_v2_infer_errors(client: httpx.Client, body: dict, needle: str) -> None:
     r = client.post("/v2/models/cnn/infer", json=body)
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]
+
+
+def _binary_request(images: np.ndarray, **doc: object) -> tuple[bytes, dict[str, str]]:
+    """The binary tensor data extension spelled out: JSON, then little-endian float32 bytes."""
+    raw = struct.pack(f"<{images.size}f", *images.ravel().tolist())
+    tensor = {"name": "images", "shape": list(images.shape), "datatype": "FP32"}
+    head = orjson.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}], **doc})
+    return head + raw, {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+
+
+def test_v2_binary_tensors_equal_golden(client: httpx.Client, golden: dict[str, np.ndarray]) -> None:
+    assert "binary_tensor_data" in client.get("/v2").json()["extensions"]
+    images = golden["images"][:3]
+    # Binary in, JSON out.
+    body, headers = _binary_request(images)
+    r = client.post("/v2/models/cnn/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    np.testing.assert_allclose(
+        np.asarray(out["probabilities"]["data"]).reshape(3, 10), golden["probabilities"][:3], atol=1e-5, rtol=0
+    )
+    # Binary in, one output binary: the JSON head's length comes back in the same header.
+    body, headers = _binary_request(
+        images, outputs=[{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "classes"}]
+    )
+    r = client.post("/v2/models/cnn/versions/1/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    head_len = int(r.headers["inference-header-content-length"])
+    head = orjson.loads(r.content[:head_len])
+    probs_meta, classes_meta = head["outputs"]
+    assert probs_meta["parameters"] == {"binary_data_size": 3 * 10 * 4} and "data" not in probs_meta
+    probs = np.asarray(struct.unpack("<30f", r.content[head_len:])).reshape(3, 10)
+    np.testing.assert_allclose(probs, golden["probabilities"][:3], atol=1e-5, rtol=0)
+    assert classes_meta["data"] == golden["classes"][:3].tolist()
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"Inference-Header-Content-Length": None}, "Inference-Header-Content-Length"),
+        ({"Inference-Header-Content-Length": "abc"}, "byte count"),
+        ({"Inference-Header-Content-Length": "100000"}, "has only"),
+        ({"Inference-Header-Content-Length": "+1"}, "byte count"),
+    ],
+)
+def test_v2_binary_errors(client: httpx.Client, change: dict[str, str | None], needle: str) -> None:
+    body, headers = _binary_request(np.zeros((1, 28, 28, 1), np.float32))
+    for name, value in change.items():
+        if value is None:
+            del headers[name]
+        else:
+            headers[name] = value
+    r = client.post("/v2/models/cnn/infer", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]
+    # Short by one value: the byte count and the shape disagree.
+    r = client.post("/v2/models/cnn/infer", content=body[:-4], headers=_binary_request(np.zeros((1, 28, 28, 1)))[1])
+    assert r.status_code == 400 and "bytes follow the JSON header" in r.json()["error"]
 
 
 # --------------------------------------------------------------------------------- metrics, docs

@@ -1,16 +1,11 @@
-"""Open Inference Protocol (KServe v2) over REST: health, model metadata/readiness, JSON-tensor `infer`.
+"""Open Inference Protocol (KServe v2) over REST: health, model metadata/readiness, and `infer` with
+JSON tensors or the binary tensor data extension (bodies parsed and rendered in serving_core.oip).
 
 Errors answer `{"error": "..."}` as the protocol specifies, with the same status mapping as v1.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
-import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,16 +13,19 @@ from starlette.routing import Route
 
 from serving_core import contract
 from serving_core.errors import InvalidArgument, NotFound, Unavailable
-from serving_core.tfs_rest import to_float32_array, validate_images
+from serving_core.oip import (
+    BINARY_CONTENT_TYPE,
+    EXTENSIONS,
+    HEADER_LENGTH,
+    OUTPUT_TENSORS,
+    infer_response,
+    parse_infer_body,
+)
 from torch_service.protocol.common import json_body_doc, json_response, parse, runtime
 
 router = APIRouter(tags=["Open Inference Protocol (KServe v2)"])
 
 PLATFORM = "pytorch_torchscript"
-_OUTPUT_TENSORS = {
-    contract.OUTPUT_PROBABILITIES: ("FP32", [-1, contract.NUM_CLASSES]),
-    contract.OUTPUT_CLASSES: ("INT64", [-1]),
-}
 
 _INFER_DOC = json_body_doc(
     {
@@ -35,15 +33,12 @@ _INFER_DOC = json_body_doc(
         "inputs": [{"name": "images", "shape": [1, 28, 28, 1], "datatype": "FP32", "data": [0.0] * 784}],
         "outputs": [{"name": "probabilities"}, {"name": "classes"}],
     },
-    "One input tensor `images` (FP32, shape [N, 28, 28, 1]); `data` flat in row-major order or nested.",
+    "One input tensor `images` (FP32, shape [N, 28, 28, 1]); `data` flat in row-major order or nested. "
+    "Binary tensor data extension: the JSON object, then the tensor's little-endian bytes, with the JSON's "
+    "length in the `Inference-Header-Content-Length` header and the byte count in the input's "
+    "`parameters.binary_data_size`; `parameters.binary_data` on an output (or `binary_data_output` on the "
+    "request) answers it in binary the same way.",
 )
-
-
-@dataclass(frozen=True)
-class InferRequest:
-    id: str | None
-    images: np.ndarray
-    outputs: tuple[str, ...]  # requested output names, in the order asked for
 
 
 def _version(text: str | None) -> int | None:
@@ -54,75 +49,12 @@ def _version(text: str | None) -> int | None:
     return int(text)
 
 
-def parse_infer_body(body: bytes, *, max_batch_size: int | None = None) -> InferRequest:
-    """Validate an OIP inference request for this model; InvalidArgument names what to fix."""
-    if not body:
-        raise InvalidArgument("Empty request body: expected a JSON object with 'inputs'")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(f"Malformed JSON in request body: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("Request body must be a JSON object with 'inputs'")
-    req_id = doc.get("id")
-    if req_id is not None and not isinstance(req_id, str):
-        raise InvalidArgument("'id' must be a string")
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidArgument(f"'inputs' must be a non-empty list with one tensor named '{contract.INPUT_NAME}'")
-    if len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidArgument(f"Expected exactly one input tensor object ('{contract.INPUT_NAME}'), got {len(inputs)}")
-    tensor = inputs[0]
-    name = tensor.get("name")
-    if name != contract.INPUT_NAME:
-        raise InvalidArgument(f"Unknown input {name!r}; this model has one input named '{contract.INPUT_NAME}'")
-    if tensor.get("datatype") != "FP32":
-        raise InvalidArgument(f"Input '{name}' must have datatype FP32, got {tensor.get('datatype')!r}")
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidArgument(f"Input '{name}' needs 'shape' as a list of non-negative integers, got {shape!r}")
-    if "data" not in tensor:
-        raise InvalidArgument(f"Input '{name}' has no 'data' (binary tensor data is not supported)")
-    # The TF-REST parser's conversion: strings, booleans and nulls are refused, not turned into floats.
-    arr = to_float32_array(
-        tensor["data"], f"Input '{name}' data", "numbers (flat, or nested to match 'shape')", raw=body
-    )
-    if arr.size != math.prod(shape):
-        raise InvalidArgument(f"Input '{name}' has {arr.size} values but shape {shape} needs {math.prod(shape)}")
-    if arr.ndim > 1 and list(arr.shape) != shape:
-        raise InvalidArgument(f"Input '{name}' nested data has shape {list(arr.shape)}, but 'shape' says {shape}")
-    images = validate_images(arr.reshape(shape), max_batch_size)
-    wanted = doc.get("outputs")
-    names: tuple[str, ...] = contract.OUTPUT_NAMES
-    if wanted is not None:
-        if not isinstance(wanted, list) or not all(isinstance(o, dict) and "name" in o for o in wanted):
-            raise InvalidArgument("'outputs' must be a list of objects with a 'name'")
-        names = tuple(o["name"] for o in wanted)
-        unknown = [n for n in names if n not in _OUTPUT_TENSORS]
-        if unknown:
-            raise InvalidArgument(f"Unknown output(s) {unknown}; this model has {list(contract.OUTPUT_NAMES)}")
-    return InferRequest(req_id, images, names)
-
-
-def infer_response(model: str, version: int, req: InferRequest, outputs: dict[str, np.ndarray]) -> bytes:
-    tensors = []
-    for name in req.outputs:
-        arr = outputs[name]
-        tensors.append(
-            {"name": name, "datatype": _OUTPUT_TENSORS[name][0], "shape": list(arr.shape), "data": arr.ravel()}
-        )
-    doc: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": tensors}
-    if req.id is not None:
-        doc["id"] = req.id
-    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
 # ---------------------------------------------------------------------------------------- routes
 @router.get("/v2", summary="Server metadata")
 async def server_metadata() -> Response:
     from torch_service import __version__
 
-    return json_response({"name": "torch_service", "version": __version__, "extensions": []})
+    return json_response({"name": "torch_service", "version": __version__, "extensions": EXTENSIONS})
 
 
 @router.get("/v2/health/live", summary="Liveness: the process answers")
@@ -170,7 +102,7 @@ def _metadata(request: Request, name: str, version: str | None) -> Response:
             "versions": [str(x) for x in versions],
             "platform": PLATFORM,
             "inputs": [{"name": contract.INPUT_NAME, "datatype": "FP32", "shape": [-1, *contract.INSTANCE_SHAPE]}],
-            "outputs": [{"name": n, "datatype": dt, "shape": shape} for n, (dt, shape) in _OUTPUT_TENSORS.items()],
+            "outputs": [{"name": n, "datatype": dt, "shape": shape} for n, (dt, shape, _) in OUTPUT_TENSORS.items()],
         }
     )
 
@@ -191,9 +123,14 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     rt.check_name(name, v)
     rt.manager.resolve(v)  # unknown version: 404 before the body is parsed
     body = await request.body()
-    req = await parse(body, parse_infer_body, max_batch_size=rt.sched.request_limit)
+    req = await parse(
+        body, parse_infer_body, header_length=request.headers.get(HEADER_LENGTH), max_batch_size=rt.sched.request_limit
+    )
     served, outputs = await rt.predict(v, req.images)
-    return Response(infer_response(name, served, req, outputs), media_type="application/json")
+    content, header_length = infer_response(name, served, req, outputs)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(header_length)})
 
 
 @router.post("/v2/models/{name}/infer", summary="Inference", openapi_extra=_INFER_DOC)
