@@ -312,26 +312,38 @@ async def measure(
     }
     cases = {k: v for k, v in cases.items() if v[0] in calls and v[1] in calls}
     gw_procs = {name: psutil.Process(pid) for name, pid in gw_pids.items()}
+    # Cases that share a direct path are measured in the same rounds: each round runs the direct path and
+    # then every front in turn (the order rotating from round to round), so two ways through (binary and
+    # JSON wire, gRPC and REST upstream, the relay) are compared under the same machine state, not minutes
+    # apart on a shared, noisy host.
+    groups: dict[str, list[str]] = {}
+    for backend, (direct, _, _) in cases.items():
+        groups.setdefault(direct, []).append(backend)
     rows = []
     for direct, through, _ in cases.values():  # warm-up: connections, graph caches, batching threads
         for name in (direct, through):
             await run_path(calls[name], args.warmup, 4)  # every answer checked here, whichever client follows
     for concurrency in args.concurrency:
-        for backend, (direct, through, front) in cases.items():
-            gw_proc = gw_procs.get(front)
+        for direct, names in groups.items():
+            fronts = {b: (cases[b][1], gw_procs.get(cases[b][2])) for b in names}
             if args.client == "wrk":
-                row = measure_wrk(targets[direct], targets[through], body, concurrency, args, gw_proc)
+                group = measure_wrk(
+                    targets[direct], {b: (targets[t], proc) for b, (t, proc) in fronts.items()}, body, concurrency, args
+                )
             else:
-                row = await measure_python(calls[direct], calls[through], concurrency, args, gw_proc)
-            row = {"backend": backend, "concurrency": concurrency, **row}
-            rows.append(row)
-            print(
-                f"{backend:28s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
-                f"p99 {row['direct_p99']:7.3f} | gateway p50 {row['gateway_p50']:7.3f} "
-                f"p99 {row['gateway_p99']:7.3f} | overhead p50 {row['overhead_p50']:+7.3f} "
-                f"p99 {row['overhead_p99']:+7.3f} ms | gateway CPU {row['gateway_cpu_ms']:.3f} ms/request",
-                flush=True,
-            )
+                group = await measure_python(
+                    calls[direct], {b: (calls[t], proc) for b, (t, proc) in fronts.items()}, concurrency, args
+                )
+            for backend in names:
+                row = {"backend": backend, "concurrency": concurrency, **group[backend]}
+                rows.append(row)
+                print(
+                    f"{backend:28s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
+                    f"p99 {row['direct_p99']:7.3f} | gateway p50 {row['gateway_p50']:7.3f} "
+                    f"p99 {row['gateway_p99']:7.3f} | overhead p50 {row['overhead_p50']:+7.3f} "
+                    f"p99 {row['overhead_p99']:+7.3f} ms | gateway CPU {row['gateway_cpu_ms']:.3f} ms/request",
+                    flush=True,
+                )
     for pool in pools.values():
         await pool.aclose()
     for close in closers:
@@ -339,67 +351,79 @@ async def measure(
     return rows
 
 
+def _rotation(names: list[str], r: int) -> list[str]:
+    """Every front, starting from a different one each round, with the direct path first in even
+    rounds and last in odd ones, so no path always runs in the same place."""
+    k = r % len(names)
+    fronts = [*names[k:], *names[:k]]
+    return ["direct", *fronts] if r % 2 == 0 else [*fronts, "direct"]
+
+
 async def measure_python(
-    direct: Call, through: Call, concurrency: int, args: argparse.Namespace, gw_proc: psutil.Process | None
-) -> dict[str, object]:
+    direct: Call, fronts: dict[str, tuple[Call, psutil.Process | None]], concurrency: int, args: argparse.Namespace
+) -> dict[str, dict[str, object]]:
     """This script's client: all latencies of every round pooled, then percentiles of each path."""
-    lat: dict[str, list[float]] = {"direct": [], "gateway": []}
-    gw_cpu = 0.0
+    names = list(fronts)
+    lat: dict[str, list[float]] = {"direct": [], **{b: [] for b in names}}
+    cpu = dict.fromkeys(names, 0.0)
     per_round = max(concurrency, args.requests // args.rounds)
     for r in range(args.rounds):
-        # Alternate which path goes first so drift (other load on the machine) hits both alike.
-        for which in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
-            before = cpu_s(gw_proc)
-            lat[which] += await run_path(direct if which == "direct" else through, per_round, concurrency)
-            if which == "gateway":
-                gw_cpu += cpu_s(gw_proc) - before
-    row: dict[str, object] = {"n": len(lat["gateway"])}
-    for q in (50, 99):
-        d, g = pct(lat["direct"], q), pct(lat["gateway"], q)
-        row |= {f"direct_p{q}": d, f"gateway_p{q}": g, f"overhead_p{q}": g - d}
-    row["gateway_cpu_ms"] = gw_cpu * 1000.0 / len(lat["gateway"])
-    return row
+        for which in _rotation(names, r):
+            proc = None if which == "direct" else fronts[which][1]
+            before = cpu_s(proc)
+            lat[which] += await run_path(direct if which == "direct" else fronts[which][0], per_round, concurrency)
+            if which != "direct":
+                cpu[which] += cpu_s(proc) - before
+    out: dict[str, dict[str, object]] = {}
+    for b in names:
+        row: dict[str, object] = {"n": len(lat[b])}
+        for q in (50, 99):
+            d, g = pct(lat["direct"], q), pct(lat[b], q)
+            row |= {f"direct_p{q}": d, f"gateway_p{q}": g, f"overhead_p{q}": g - d}
+        row["gateway_cpu_ms"] = cpu[b] * 1000.0 / len(lat[b])
+        out[b] = row
+    return out
 
 
 def measure_wrk(
     direct_url: str,
-    through_url: str,
+    fronts: dict[str, tuple[str, psutil.Process | None]],
     body: bytes,
     concurrency: int,
     args: argparse.Namespace,
-    gw_proc: psutil.Process | None,
-) -> dict[str, object]:
+) -> dict[str, dict[str, object]]:
     """wrk as the client: one run per path per round; medians over rounds of each figure and of the
-    paired differences (the two runs of a round are back to back, so they share the machine's state)."""
-    runs: dict[str, list[wrkrun.WrkResult]] = {"direct": [], "gateway": []}
-    gw_cpu, gw_requests = 0.0, 0
+    paired differences (each front's run and the direct run of its round, minutes apart at most)."""
+    names = list(fronts)
+    runs: dict[str, list[wrkrun.WrkResult]] = {"direct": [], **{b: [] for b in names}}
+    cpu = dict.fromkeys(names, 0.0)
     for r in range(args.rounds):
-        for which in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
-            before = cpu_s(gw_proc)
-            res = wrkrun.run(
-                direct_url if which == "direct" else through_url,
-                body,
-                concurrency=concurrency,
-                duration_s=args.wrk_duration,
-            )
+        for which in _rotation(names, r):
+            proc = None if which == "direct" else fronts[which][1]
+            before = cpu_s(proc)
+            url = direct_url if which == "direct" else fronts[which][0]
+            res = wrkrun.run(url, body, concurrency=concurrency, duration_s=args.wrk_duration)
             if res.failed or not res.requests:
-                raise RuntimeError(f"wrk against {which} path: {res.requests} requests, errors {res.errors}")
+                raise RuntimeError(f"wrk against {which}: {res.requests} requests, errors {res.errors}")
             runs[which].append(res)
-            if which == "gateway":
-                gw_cpu += cpu_s(gw_proc) - before
-                gw_requests += res.requests
-    row: dict[str, object] = {"n": gw_requests}
-    for q in (50, 99):
-        d = [getattr(x, f"p{q}_ms") for x in runs["direct"]]
-        g = [getattr(x, f"p{q}_ms") for x in runs["gateway"]]
-        row |= {
-            f"direct_p{q}": statistics.median(d),
-            f"gateway_p{q}": statistics.median(g),
-            f"overhead_p{q}": statistics.median(b - a for a, b in zip(d, g, strict=True)),
-        }
-    # The CPU counter also runs during wrk's connect and teardown: a slight overestimate per request.
-    row["gateway_cpu_ms"] = gw_cpu * 1000.0 / gw_requests
-    return row
+            if which != "direct":
+                cpu[which] += cpu_s(proc) - before
+    out: dict[str, dict[str, object]] = {}
+    for b in names:
+        requests = sum(x.requests for x in runs[b])
+        row: dict[str, object] = {"n": requests}
+        for q in (50, 99):
+            d = [getattr(x, f"p{q}_ms") for x in runs["direct"]]
+            g = [getattr(x, f"p{q}_ms") for x in runs[b]]
+            row |= {
+                f"direct_p{q}": statistics.median(d),
+                f"gateway_p{q}": statistics.median(g),
+                f"overhead_p{q}": statistics.median(y - x for x, y in zip(d, g, strict=True)),
+            }
+        # The CPU counter also runs during wrk's connect and teardown: a slight overestimate per request.
+        row["gateway_cpu_ms"] = cpu[b] * 1000.0 / requests
+        out[b] = row
+    return out
 
 
 def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:

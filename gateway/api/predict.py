@@ -39,8 +39,9 @@ async def serve_predict(
     info["backend"] = pool.name
     check_model(model, version)
     req = await parse_body(body, gw.settings.max_batch_size)
-    # REST upstreams get the client's own bytes (already validated); gRPC gets the parsed tensor.
-    result = await pool.predict(model, version, req, body if pool.protocol == "rest" else None)
+    # A JSON-wire REST upstream gets the client's own bytes (already validated); the binary wire and
+    # gRPC get the parsed tensor.
+    result = await pool.predict(model, version, req, body if pool.transport.wire == "json" else None)
     info["replica"] = result.replica
     gw.metrics.observe_upstream(pool.name, result.latency_ms / 1000.0)
     headers = {
