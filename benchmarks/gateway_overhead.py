@@ -21,7 +21,8 @@ The client is this script's own (the gateway's lean HTTP/1.1 pool on uvloop, and
 direct-gRPC case) or, with --client wrk, wrk (benchmarks/wrkrun.py): a C client that needs ~10 us of
 CPU per request where ours needs ~100 us, which on a 2-core machine at concurrency 1 shares the cores
 (and their caches) with the three servers under test. With wrk each round is one wrk run per path;
-the overhead is the median over rounds of (through p50 - direct p50), each pair run back to back.
+the overhead is the median over rounds of (through p50 - direct p50), both runs of a pair from the
+same round (a few wrk runs apart at most).
 wrk speaks HTTP only, so the direct-gRPC case is left out there.
 
 A stack that is already running can be measured instead: --torch-url, --tf-url and --gateway-url.
@@ -354,7 +355,7 @@ async def measure(
 def _rotation(names: list[str], r: int) -> list[str]:
     """Every front, starting from a different one each round, with the direct path first in even
     rounds and last in odd ones, so no path always runs in the same place."""
-    k = r % len(names)
+    k = (r // 2) % len(names)  # not r: with an even number of fronts the same one would always sit next to direct
     fronts = [*names[k:], *names[:k]]
     return ["direct", *fronts] if r % 2 == 0 else [*fronts, "direct"]
 
@@ -393,7 +394,7 @@ def measure_wrk(
     args: argparse.Namespace,
 ) -> dict[str, dict[str, object]]:
     """wrk as the client: one run per path per round; medians over rounds of each figure and of the
-    paired differences (each front's run and the direct run of its round, minutes apart at most)."""
+    paired differences (each front's run and the direct run of its round, a few runs apart at most)."""
     names = list(fronts)
     runs: dict[str, list[wrkrun.WrkResult]] = {"direct": [], **{b: [] for b in names}}
     cpu = dict.fromkeys(names, 0.0)

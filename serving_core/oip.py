@@ -13,6 +13,7 @@ torch_service and reads the answers here too, so both ends agree by import.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ import orjson
 
 from serving_core import contract
 from serving_core.errors import InvalidArgument
-from serving_core.tfs_rest import to_float32_array, validate_images
+from serving_core.tfs_rest import check_batch_shape, to_float32_array, validate_images
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -32,6 +33,9 @@ OUTPUT_TENSORS: dict[str, tuple[str, list[int], str]] = {
     contract.OUTPUT_PROBABILITIES: ("FP32", [-1, contract.NUM_CLASSES], "<f4"),
     contract.OUTPUT_CLASSES: ("INT64", [-1], "<i8"),
 }
+
+
+_BYTE_COUNT = re.compile(r"[0-9]{1,15}")  # ASCII digits (str.isdigit() also takes "²"), at most 1 PB
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     text = header_length.strip()
-    if not text.isdigit():
+    if not _BYTE_COUNT.fullmatch(text):
         raise InvalidArgument(f"Inference-Header-Content-Length must be a byte count, got '{header_length[:32]}'")
     n = int(text)
     if n > len(body):
@@ -110,7 +114,8 @@ def parse_infer_body(
         raise InvalidArgument(f"Input '{name}' must have datatype FP32, got {tensor.get('datatype')!r}")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidArgument(f"Input '{name}' needs 'shape' as a list of non-negative integers, got {shape!r}")
+        raise InvalidArgument(f"Input '{name}' needs 'shape' as a list of non-negative integers, got {shape!r}"[:300])
+    check_batch_shape(shape)  # before any array is built: numpy refuses some shapes with its own errors
     size = _binary_size(tensor, name)
     if size is not None:
         if "data" in tensor:
@@ -149,17 +154,27 @@ def parse_infer_body(
     names: tuple[str, ...] = contract.OUTPUT_NAMES
     binary_outputs = set(names) if all_binary else set()
     if wanted is not None:
-        if not isinstance(wanted, list) or not all(isinstance(o, dict) and "name" in o for o in wanted):
-            raise InvalidArgument("'outputs' must be a list of objects with a 'name'")
+        if not isinstance(wanted, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
+        ):
+            raise InvalidArgument("'outputs' must be a list of objects with a string 'name'")
         names = tuple(o["name"] for o in wanted)
         unknown = [n for n in names if n not in OUTPUT_TENSORS]
         if unknown:
-            raise InvalidArgument(f"Unknown output(s) {unknown}; this model has {list(contract.OUTPUT_NAMES)}")
-        binary_outputs = {
-            o["name"]
-            for o in wanted
-            if all_binary or _wants_binary(o.get("parameters"), "binary_data", f"Output '{o['name']}'")
-        }
+            raise InvalidArgument(f"Unknown output(s) {unknown}; this model has {list(contract.OUTPUT_NAMES)}"[:300])
+        if len(set(names)) != len(names):
+            raise InvalidArgument(f"Output(s) requested more than once: {list(names)}")
+        binary_outputs = set()
+        for o in wanted:
+            params = o.get("parameters")
+            # An output's own `binary_data` overrides the request's `binary_data_output` (the extension's rule).
+            if isinstance(params, dict) and "binary_data" in params:
+                if _wants_binary(params, "binary_data", f"Output '{o['name']}'"):
+                    binary_outputs.add(o["name"])
+            else:
+                _wants_binary(params, "binary_data", f"Output '{o['name']}'")  # a non-object is still refused
+                if all_binary:
+                    binary_outputs.add(o["name"])
     return InferRequest(req_id, images, names, frozenset(binary_outputs))
 
 
@@ -210,7 +225,9 @@ def binary_infer_request(images: np.ndarray) -> tuple[bytes, int]:
 
 
 def read_infer_response(body: bytes, header_length: str | None) -> tuple[str | None, dict[str, np.ndarray]]:
-    """(model_version, output name -> array) of an answer with JSON or binary outputs; ValueError if malformed."""
+    """(model_version, output name -> array) of an answer with JSON or binary outputs. A malformed
+    answer raises ValueError (InvalidArgument for a bad header length, KeyError or TypeError for
+    missing or mistyped fields); callers treat all of them as a bad upstream answer."""
     head, binary = split_binary(body, header_length) if header_length is not None else (body, b"")
     doc = orjson.loads(head)
     outputs: dict[str, np.ndarray] = {}
@@ -218,16 +235,23 @@ def read_infer_response(body: bytes, header_length: str | None) -> tuple[str | N
     for tensor in doc["outputs"]:
         name = tensor["name"]
         _, _, wire = OUTPUT_TENSORS[name]
-        shape = tuple(tensor["shape"])
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        shape = tuple(int(d) for d in tensor["shape"])
+        params = tensor.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"output {name!r} has parameters that are not an object")
+        size = params.get("binary_data_size")
         if size is None:
-            outputs[name] = np.asarray(tensor["data"], dtype=wire).reshape(shape)
+            try:
+                outputs[name] = np.asarray(tensor["data"], dtype=wire).reshape(shape)
+            except OverflowError:
+                raise ValueError(f"output {name!r} has a value out of range for {wire}") from None
             continue
+        itemsize = np.dtype(wire).itemsize
+        if not isinstance(size, int) or size != math.prod(shape) * itemsize:
+            raise ValueError(f"output {name!r} of shape {list(shape)} says binary_data_size {size!r}")
         if offset + size > len(binary):
             raise ValueError(f"output {name!r} says {size} bytes, but only {len(binary) - offset} are left")
-        outputs[name] = np.frombuffer(binary, dtype=wire, count=size // np.dtype(wire).itemsize, offset=offset).reshape(
-            shape
-        )
+        outputs[name] = np.frombuffer(binary, dtype=wire, count=size // itemsize, offset=offset).reshape(shape)
         offset += size
     if offset != len(binary):
         raise ValueError(f"{len(binary) - offset} bytes after the last binary output")

@@ -27,6 +27,18 @@ _MODEL_PATH = re.compile(
 )
 
 
+# ASCII digits only: str.isdigit() also takes "²", which int() then refuses. At most int64's 19 digits
+# (TF Serving's version type); longer strings would also run into int()'s 4300-digit limit.
+_VERSION = re.compile(r"[0-9]{1,19}")
+
+
+def parse_version(text: str) -> int:
+    """A model version from a URL or query: a positive integer, else InvalidArgument (400)."""
+    if _VERSION.fullmatch(text) and int(text) > 0:
+        return int(text)
+    raise InvalidArgument(f"Model version must be a positive integer, got '{text[:32]}'")
+
+
 @dataclass(frozen=True)
 class ModelPath:
     name: str
@@ -41,11 +53,7 @@ def parse_model_path(path: str) -> ModelPath:
     m = _MODEL_PATH.match(path)
     if m is None:
         raise NotFound(f"Malformed request: {path}")
-    version: int | None = None
-    if m["version"] is not None:
-        if not m["version"].isdigit() or int(m["version"]) <= 0:
-            raise InvalidArgument(f"Model version must be a positive integer, got '{m['version']}'")
-        version = int(m["version"])
+    version = parse_version(m["version"]) if m["version"] is not None else None
     verb = m["verb"]
     if verb is not None and verb not in ("predict", "classify", "regress"):
         raise NotFound(f"Unsupported verb '{verb}' in {path}")
@@ -136,15 +144,19 @@ def _named_input(obj: dict[str, Any], where: str) -> Any:
     return obj[contract.INPUT_NAME]
 
 
-def validate_images(arr: np.ndarray, max_batch_size: int | None = None) -> np.ndarray:
-    """Check rank, shape, batch size and finiteness of a batch; returns it as contiguous float32."""
-    expected = list(contract.INSTANCE_SHAPE)
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != contract.INSTANCE_SHAPE:
-        got = list(arr.shape[1:]) if arr.ndim >= 1 else []
+def check_batch_shape(shape: tuple[int, ...] | list[int]) -> None:
+    """InvalidArgument unless `shape` is [N, 28, 28, 1] (checked before any array of it is built)."""
+    if len(shape) != 4 or tuple(shape[1:]) != contract.INSTANCE_SHAPE:
+        got = list(shape[1:])[:8]  # a declared shape can be any length; the message need not be
         raise InvalidArgument(
             f"Input '{contract.INPUT_NAME}' must have shape [N, 28, 28, 1] (NHWC, float32 in [0, 1]); "
-            f"each instance has shape {got}, expected {expected}"
+            f"each instance has shape {got}, expected {list(contract.INSTANCE_SHAPE)}"
         )
+
+
+def validate_images(arr: np.ndarray, max_batch_size: int | None = None) -> np.ndarray:
+    """Check rank, shape, batch size and finiteness of a batch; returns it as contiguous float32."""
+    check_batch_shape(arr.shape)
     if arr.shape[0] == 0:
         raise InvalidArgument("Request has no instances: send at least one [28, 28, 1] image")
     if max_batch_size is not None and arr.shape[0] > max_batch_size:

@@ -67,7 +67,10 @@ async def compare(request: Request) -> Response:
     req = await parse_body(body, gw.settings.max_batch_size)
     names = list(gw.pools)
     results = await asyncio.gather(
-        *(gw.pools[n].predict(model, version, req, body if gw.pools[n].protocol == "rest" else None) for n in names),
+        *(
+            gw.pools[n].predict(model, version, req, body if gw.pools[n].transport.wire == "json" else None)
+            for n in names
+        ),
         return_exceptions=True,
     )
     backends: dict[str, Any] = {}

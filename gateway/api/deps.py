@@ -12,7 +12,8 @@ from gateway.errors import LOG_KEY
 from gateway.service import Gateway, backend_choice
 from gateway.upstreams.pool import BackendPool
 from gateway.validation import PredictRequest, parse_predict
-from serving_core.errors import InvalidArgument, NotFound
+from serving_core.errors import NotFound
+from serving_core.tfs_rest import parse_version
 
 # Above this, parsing (JSON -> numpy, ~40 us per image) moves to a worker thread so one big batch
 # cannot stall every other request on the event loop; below it the thread hop would cost more.
@@ -26,8 +27,8 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 def check_model(model: str, version: str | None) -> None:
     if not _MODEL_NAME.match(model):
         raise NotFound(f"Servable not found for request: Latest({model[:128]})")
-    if version is not None and (not version.isdigit() or int(version) <= 0):
-        raise InvalidArgument(f"Model version must be a positive integer, got '{version[:32]}'")
+    if version is not None:
+        parse_version(version)
 
 
 def gateway(request: Request) -> Gateway:

@@ -139,11 +139,13 @@ class RestTransport:
             f"Inference-Header-Content-Length: {header_length}\r\n",
         )
         _raise_for_status(resp)
+        n = len(inp.images)
         try:
             served, tensors = oip.read_infer_response(resp.content, resp.headers.get(oip.HEADER_LENGTH))
-            if len(tensors[contract.OUTPUT_CLASSES]) != len(inp.images):
-                raise ValueError(f"{len(tensors[contract.OUTPUT_CLASSES])} answers for {len(inp.images)} images")
-        except (ValueError, KeyError, TypeError, ServingError) as exc:
+            probs, classes = tensors[contract.OUTPUT_PROBABILITIES], tensors[contract.OUTPUT_CLASSES]
+            if probs.shape != (n, contract.NUM_CLASSES) or classes.shape != (n,):
+                raise ValueError(f"outputs of shapes {list(probs.shape)} and {list(classes.shape)} for {n} images")
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, ServingError) as exc:
             raise BadGateway(f"upstream {replica.address} answered an unexpected body: {exc}") from None
         return PredictResult(
             body=None,

@@ -97,6 +97,10 @@ def test_bad_version_backend_and_json(client: TestClient) -> None:
     assert r.status_code == 404 and "Servable not found" in r.json()["error"]
     r = client.post("/v1/compare?version=0", json={"instances": IMG})
     assert r.status_code == 400 and "positive integer" in r.json()["error"]
+    # "²" passes str.isdigit() but not int(): a 400 like any other bad version, not a 500.
+    for path in ("/v1/models/cnn/versions/%C2%B2:predict", "/v1/compare?version=%C2%B2"):
+        r = client.post(path, json={"instances": IMG})
+        assert r.status_code == 400 and "positive integer" in r.json()["error"], (path, r.text)
     r = client.post("/v1/models/cnn:predict", json={"instances": IMG}, headers={"X-Backend": "onnx"})
     assert r.status_code == 400 and "unknown backend 'onnx'" in r.json()["error"]
     r = client.post("/v1/models/cnn:predict", content=b'{"instances": [')

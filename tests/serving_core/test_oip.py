@@ -135,3 +135,65 @@ def test_truncated_binary_answer_is_an_error() -> None:
         oip.read_infer_response(body[:-1], str(head_len))
     with pytest.raises(ValueError, match="after the last"):
         oip.read_infer_response(body + b"\0", str(head_len))
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [
+        ([0, 2**62, 4], 0),  # no values at all, but numpy cannot even describe the array
+        ([1] * 70, 4),  # beyond numpy's 64 dimensions
+        ([1, 28, 28], 784 * 4),
+    ],
+)
+def test_impossible_shapes_are_invalid_argument_before_any_array_is_built(shape: list[int], size: int) -> None:
+    tensor = {"name": "images", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": size}}
+    head = orjson.dumps({"inputs": [tensor]})
+    with pytest.raises(InvalidArgument, match=r"\[N, 28, 28, 1\]"):
+        oip.parse_infer_body(head + b"\0" * size, header_length=str(len(head)))
+    json_tensor = {"name": "images", "shape": shape, "datatype": "FP32", "data": []}
+    with pytest.raises(InvalidArgument, match=r"\[N, 28, 28, 1\]"):
+        oip.parse_infer_body(orjson.dumps({"inputs": [json_tensor]}))
+
+
+@pytest.mark.parametrize("value", ["1²", "1" * 5000, "٣"])
+def test_header_length_takes_ascii_digits_only(value: str) -> None:
+    body, _ = _binary_body(IMAGES)
+    with pytest.raises(InvalidArgument, match="must be a byte count"):
+        oip.parse_infer_body(body, header_length=value)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "needle"),
+    [
+        ([{"name": ["x"]}], "string 'name'"),
+        ([{"name": {}}], "string 'name'"),
+        ([{"name": "classes"}, {"name": "classes"}], "more than once"),
+        ([{"name": "classes", "parameters": {"binary_data": 1}}], "must be true or false"),
+        ([{"name": "classes", "parameters": []}], "must be an object"),
+    ],
+)
+def test_bad_output_requests(outputs: list, needle: str) -> None:
+    body, length = _binary_body(IMAGES, outputs=outputs, parameters={"binary_data_output": True})
+    with pytest.raises(InvalidArgument) as err:
+        oip.parse_infer_body(body, header_length=length)
+    assert needle in err.value.message
+
+
+def test_an_outputs_own_binary_data_overrides_the_requests() -> None:
+    outputs = [{"name": "probabilities", "parameters": {"binary_data": False}}, {"name": "classes"}]
+    body, length = _binary_body(IMAGES, outputs=outputs, parameters={"binary_data_output": True})
+    assert oip.parse_infer_body(body, header_length=length).binary_outputs == {"classes"}
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        {"name": "classes", "shape": [2], "parameters": 5},
+        {"name": "classes", "shape": [2], "parameters": {"binary_data_size": 15}},  # 2 int64 are 16 bytes
+        {"name": "classes", "shape": [2], "parameters": {"binary_data_size": "16"}},
+    ],
+)
+def test_malformed_answers_raise_value_error(tensor: dict) -> None:
+    head = orjson.dumps({"outputs": [tensor]})
+    with pytest.raises(ValueError):
+        oip.read_infer_response(head + b"\0" * 16, str(len(head)))

@@ -14,6 +14,7 @@ from serving_core.tfs_rest import (
     parse_model_path,
     parse_predict_body,
     parse_predict_response,
+    parse_version,
     predict_response,
 )
 
@@ -232,3 +233,17 @@ def test_fast_path_accepts_json_whitespace_around_the_tensor() -> None:
         fast = _fast_parse(raw, None)
         assert fast is not None
         np.testing.assert_array_equal(fast.images, _general_path(raw).images)
+
+
+@pytest.mark.parametrize("text", ["²", "1²", "٣", "0", "-1", "+1", " 1", "1" * 20, "1" * 5000, ""])
+def test_versions_are_positive_ascii_integers(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="Model version must be a positive integer"):
+        parse_version(text)
+    if text:  # the same through the URL parser (int("²") used to escape it as a ValueError, a 500)
+        with pytest.raises(InvalidArgument, match="Model version must be a positive integer"):
+            parse_model_path(f"/v1/models/cnn/versions/{text}:predict")
+
+
+def test_version_parses() -> None:
+    assert parse_version("7") == 7
+    assert parse_version("9223372036854775807") == 2**63 - 1

@@ -322,6 +322,20 @@ def test_v2_binary_errors(client: httpx.Client, change: dict[str, str | None], n
     assert r.status_code == 400 and "bytes follow the JSON header" in r.json()["error"]
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/cnn/versions/%C2%B2/infer",  # "²": str.isdigit() says yes, int() says no
+        "/v1/models/cnn/versions/%C2%B2:predict",
+        "/v2/models/cnn/versions/" + "9" * 5000 + "/infer",
+    ],
+)
+def test_non_ascii_or_huge_versions_are_400(client: httpx.Client, path: str) -> None:
+    r = client.post(path, content=_binary_request(np.zeros((1, 28, 28, 1), np.float32))[0])
+    assert r.status_code == 400, r.text
+    assert "Model version must be a positive integer" in r.json()["error"]
+
+
 # --------------------------------------------------------------------------------- metrics, docs
 def test_metrics(client: httpx.Client, golden: dict[str, np.ndarray]) -> None:
     client.post("/v1/models/cnn:predict", json={"instances": golden["images"][:1].tolist()})

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from serving_core import contract
-from serving_core.errors import InvalidArgument, NotFound, Unavailable
+from serving_core.errors import NotFound, Unavailable
 from serving_core.oip import (
     BINARY_CONTENT_TYPE,
     EXTENSIONS,
@@ -21,6 +21,7 @@ from serving_core.oip import (
     infer_response,
     parse_infer_body,
 )
+from serving_core.tfs_rest import parse_version
 from torch_service.protocol.common import json_body_doc, json_response, parse, runtime
 
 router = APIRouter(tags=["Open Inference Protocol (KServe v2)"])
@@ -44,9 +45,7 @@ _INFER_DOC = json_body_doc(
 def _version(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit() or int(text) <= 0:
-        raise InvalidArgument(f"Model version must be a positive integer, got '{text}'")
-    return int(text)
+    return parse_version(text)
 
 
 # ---------------------------------------------------------------------------------------- routes
