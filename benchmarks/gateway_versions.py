@@ -4,13 +4,15 @@
         [--baseline-env NAME=VALUE ...] [--current-env NAME=VALUE ...]
 
 Both gateways run at once in front of one stand-in backend (an asyncio server that answers every
-predict after --delay-ms with a fixed TF-Serving body, so the backend's own noise is out of the
-picture), and one client sends the same predict body at concurrency 1 to the backend directly and to
+predict after --delay-ms with a fixed answer, TF Serving's JSON or, for the binary wire, OIP binary
+tensors, so the backend's own noise is out of the picture), and one client sends the same predict body at concurrency 1 to the backend directly and to
 each gateway, in interleaved rounds whose order alternates. Printed per path: p50, the overhead over
 the direct call, and the gateway process's CPU time per request. The baseline is checked out into a
 temporary git worktree and run from there with this checkout's virtual environment. --baseline-env and
 --current-env set gateway settings on one side only, so one revision can also be compared with itself
-under two settings (`--baseline HEAD --baseline-env GATEWAY_ACCESS_LOG=false`).
+under two settings (`--baseline HEAD --baseline-env GATEWAY_ACCESS_LOG=false`). Against a baseline from
+before the binary wire, `--current-env GATEWAY_TORCH_WIRE=json` compares like with like; without it the
+comparison includes the wire (here the stand-in parses nothing, so only the gateway's side of it shows).
 """
 
 from __future__ import annotations
@@ -34,9 +36,22 @@ sys.path.insert(0, str(ROOT))
 
 from devstack.process import ManagedProcess, free_port, pythonpath  # noqa: E402
 from gateway.upstreams.http1 import Http1Pool  # noqa: E402
+from serving_core import contract, oip  # noqa: E402
 
 ANSWER = orjson.dumps({"predictions": [{"probabilities": [0.1] * 10, "classes": 3}]})
 STATUS = orjson.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {}}]})
+# The same answer over the binary wire (OIP infer with binary outputs), what a gateway with
+# GATEWAY_TORCH_WIRE=binary (the default) asks torch_service for.
+_OIP_REQUEST = oip.InferRequest(
+    None, np.zeros((1, 28, 28, 1), np.float32), contract.OUTPUT_NAMES, frozenset(contract.OUTPUT_NAMES)
+)
+_OIP_BODY, _OIP_HEAD = oip.infer_response(
+    "cnn", 1, _OIP_REQUEST, {"probabilities": np.full((1, 10), 0.1, np.float32), "classes": np.array([3], np.int64)}
+)
+OIP_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n"
+    b"Content-Length: %d\r\n\r\n" % (_OIP_HEAD or 0, len(_OIP_BODY))
+) + _OIP_BODY
 
 
 def serve_backend(port: int, delay_s: float) -> None:
@@ -51,6 +66,9 @@ def serve_backend(port: int, delay_s: float) -> None:
                 body = STATUS if head.startswith(b"GET") else ANSWER
                 if delay_s and body is ANSWER:
                     await asyncio.sleep(delay_s)
+                if head.startswith(b"POST /v2/"):
+                    writer.write(OIP_ANSWER)
+                    continue
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
                 )
