@@ -25,6 +25,7 @@ from serving_core.errors import InvalidArgument
 from serving_core.tfs_rest import check_batch_shape, to_float32_array, validate_images
 
 HEADER_LENGTH = "inference-header-content-length"
+_ITEMSIZE = {"<f4": 4, "<i8": 8}
 BINARY_CONTENT_TYPE = "application/octet-stream"
 EXTENSIONS = ["binary_tensor_data"]
 
@@ -205,23 +206,36 @@ def infer_response(
 
 
 # ------------------------------------------------------------------------------ the client side
-def binary_infer_request(images: np.ndarray) -> tuple[bytes, int]:
-    """(body, JSON header length) of a request sending `images` as binary and asking for binary outputs."""
-    data = np.ascontiguousarray(images, dtype="<f4")
-    head = orjson.dumps(
+# The gateway's request head for a batch of n images, with the n and the byte count filled in per call:
+# formatting two integers costs less than building and serializing the nested dicts every time.
+_REQUEST_HEAD = (
+    orjson.dumps(
         {
             "inputs": [
                 {
                     "name": contract.INPUT_NAME,
-                    "shape": list(data.shape),
+                    "shape": ["N", *contract.INSTANCE_SHAPE],
                     "datatype": "FP32",
-                    "parameters": {"binary_data_size": data.nbytes},
+                    "parameters": {"binary_data_size": "SIZE"},
                 }
             ],
             "parameters": {"binary_data_output": True},
         }
     )
-    return head + data.tobytes(), len(head)
+    .replace(b'"N"', b"%d")
+    .replace(b'"SIZE"', b"%d")
+)
+_FP32_LE = np.dtype("<f4")
+
+
+def binary_infer_request(images: np.ndarray) -> tuple[bytes, int]:
+    """(body, JSON header length) of a request sending `images` ([N, 28, 28, 1]) as binary and asking
+    for binary outputs."""
+    if images.shape[1:] != contract.INSTANCE_SHAPE:
+        raise ValueError(f"images of shape {list(images.shape)}, expected [N, 28, 28, 1]")
+    raw = (images if images.dtype == _FP32_LE else images.astype(_FP32_LE)).tobytes()  # C order, copied once
+    head = _REQUEST_HEAD % (len(images), len(raw))
+    return head + raw, len(head)
 
 
 def read_infer_response(body: bytes, header_length: str | None) -> tuple[str | None, dict[str, np.ndarray]]:
@@ -246,12 +260,13 @@ def read_infer_response(body: bytes, header_length: str | None) -> tuple[str | N
             except OverflowError:
                 raise ValueError(f"output {name!r} has a value out of range for {wire}") from None
             continue
-        itemsize = np.dtype(wire).itemsize
-        if not isinstance(size, int) or size != math.prod(shape) * itemsize:
+        count = math.prod(shape)
+        if not isinstance(size, int) or size != count * _ITEMSIZE[wire]:
             raise ValueError(f"output {name!r} of shape {list(shape)} says binary_data_size {size!r}")
         if offset + size > len(binary):
             raise ValueError(f"output {name!r} says {size} bytes, but only {len(binary) - offset} are left")
-        outputs[name] = np.frombuffer(binary, dtype=wire, count=size // itemsize, offset=offset).reshape(shape)
+        arr = np.frombuffer(binary, dtype=wire, count=count, offset=offset)
+        outputs[name] = arr if len(shape) == 1 else arr.reshape(shape)
         offset += size
     if offset != len(binary):
         raise ValueError(f"{len(binary) - offset} bytes after the last binary output")

@@ -275,8 +275,8 @@ def predict_response(fmt: RequestFormat, outputs: dict[str, np.ndarray]) -> byte
     else:
         doc = {
             "predictions": [
-                {contract.OUTPUT_PROBABILITIES: p, contract.OUTPUT_CLASSES: int(c)}
-                for p, c in zip(probs, classes, strict=True)
+                {contract.OUTPUT_PROBABILITIES: p, contract.OUTPUT_CLASSES: c}
+                for p, c in zip(probs, classes.tolist(), strict=True)  # tolist: Python ints in one call
             ]
         }
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
