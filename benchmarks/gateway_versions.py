@@ -5,8 +5,9 @@
 
 Both gateways run at once in front of one stand-in backend (an asyncio server that answers every
 predict after --delay-ms with a fixed answer, TF Serving's JSON or, for the binary wire, OIP binary
-tensors, so the backend's own noise is out of the picture), and one client sends the same predict body at concurrency 1 to the backend directly and to
-each gateway, in interleaved rounds whose order alternates. Printed per path: p50, the overhead over
+tensors, so the backend's own noise is out of the picture), and one client sends the same predict
+body at concurrency 1 to the backend directly and to each gateway, in interleaved rounds whose order
+alternates. Printed per path: p50, the overhead over
 the direct call, and the gateway process's CPU time per request. The baseline is checked out into a
 temporary git worktree and run from there with this checkout's virtual environment. --baseline-env and
 --current-env set gateway settings on one side only, so one revision can also be compared with itself
