@@ -53,6 +53,17 @@ def rest_app(name: str, version: int) -> FastAPI:
         }
         return Response(orjson.dumps(doc), media_type="application/json", headers=hdr)
 
+    async def misbehave(images: np.ndarray) -> Response | None:
+        """The failure the control pixel asks for (an error answer, or a 2 s delay and then None)."""
+        c = control(images)
+        if c == 0.25:
+            return err(400, "standin rejects this input")
+        if c == 0.5:
+            return err(500, "standin internal failure")
+        if c == 0.75:
+            await asyncio.sleep(2.0)
+        return None
+
     @app.post("/v1/models/{model_name}:predict")
     async def predict(model_name: str, request: Request) -> Response:
         if model_name != "cnn":
@@ -61,13 +72,9 @@ def rest_app(name: str, version: int) -> FastAPI:
             req = parse_predict_body(await request.body())
         except ServingError as exc:
             return err(exc.http_status, "standin: " + exc.message)
-        c = control(req.images)
-        if c == 0.25:
-            return err(400, "standin rejects this input")
-        if c == 0.5:
-            return err(500, "standin internal failure")
-        if c == 0.75:
-            await asyncio.sleep(2.0)
+        failure = await misbehave(req.images)
+        if failure is not None:
+            return failure
         return Response(predict_response(req.format, model(req.images)), media_type="application/json", headers=hdr)
 
     @app.post("/v2/models/{model_name}/infer")
@@ -78,13 +85,9 @@ def rest_app(name: str, version: int) -> FastAPI:
             req = oip.parse_infer_body(await request.body(), header_length=request.headers.get(oip.HEADER_LENGTH))
         except ServingError as exc:
             return err(exc.http_status, "standin: " + exc.message)
-        c = control(req.images)
-        if c == 0.25:
-            return err(400, "standin rejects this input")
-        if c == 0.5:
-            return err(500, "standin internal failure")
-        if c == 0.75:
-            await asyncio.sleep(2.0)
+        failure = await misbehave(req.images)
+        if failure is not None:
+            return failure
         content, header_length = oip.infer_response(model_name, version, req, model(req.images))
         if header_length is not None:
             hdr_binary = {**hdr, oip.HEADER_LENGTH: str(header_length)}

@@ -17,6 +17,7 @@ from serving_core.errors import InvalidArgument
 def test_settings_defaults_follow_design() -> None:
     s = Settings()
     assert (s.host, s.port, s.default_backend, s.tf_protocol) == ("127.0.0.1", 8000, "torch", "grpc")
+    assert s.torch_wire == "binary"
     assert s.torch_urls == ["http://127.0.0.1:8080"]
     assert s.tf_rest_urls == ["http://127.0.0.1:8501"]
     assert s.tf_grpc_targets == ["127.0.0.1:8500"]
@@ -41,6 +42,7 @@ def test_settings_comma_separated_lists_from_env(monkeypatch: pytest.MonkeyPatch
         ("GATEWAY_TORCH_URLS", "ftp://x", "not an http(s) URL"),
         ("GATEWAY_TF_GRPC_TARGETS", "http://x:1", "host:port"),
         ("GATEWAY_DEFAULT_BACKEND", "onnx", "GATEWAY_DEFAULT_BACKEND"),
+        ("GATEWAY_TORCH_WIRE", "protobuf", "GATEWAY_TORCH_WIRE"),
         ("GATEWAY_PORT", "0", "GATEWAY_PORT"),
         ("GATEWAY_TORCH_URLS", "", "no replica"),
     ],
