@@ -25,6 +25,9 @@ the overhead is the median over rounds of (through p50 - direct p50), both runs 
 same round (a few wrk runs apart at most).
 wrk speaks HTTP only, so the direct-gRPC case is left out there.
 
+With --callback-front it also starts benchmarks/callback_front.py, the torch predict path in bare
+uvloop callbacks (an experiment: what the serving machinery costs), as one more way through to torch.
+
 A stack that is already running can be measured instead: --torch-url, --tf-url and --gateway-url.
 Where TensorFlow is not installed (the GPU image), `--backends torch` starts only torch_service, two
 gateways (binary and JSON wire) and the relay; `--torch-device cuda` puts torch_service on the GPU:
@@ -66,7 +69,7 @@ from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 
 def start_stack(
-    repo: Path, log_dir: Path, access_log: bool, backends: set[str], torch_device: str
+    repo: Path, log_dir: Path, access_log: bool, backends: set[str], torch_device: str, callback_front: bool = False
 ) -> tuple[list[ManagedProcess], dict[str, str]]:
     quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": pythonpath(ROOT), "MODEL_REPOSITORY": str(repo)}
     tp, rp, gp, rl = free_port(), free_port(), free_port(), free_port()
@@ -153,6 +156,19 @@ def start_stack(
             cwd=ROOT,
         ),
     ]
+    if callback_front:  # an experiment, measured as one more way through to torch (benchmarks/callback_front.py)
+        cf = free_port()
+        urls["callback_front"] = f"http://127.0.0.1:{cf}"
+        procs.append(
+            ManagedProcess(
+                name="callback_front",
+                argv=[sys.executable, str(Path(__file__).resolve().parent / "callback_front.py"), str(cf), str(tp)],
+                ready_url=None,
+                log_path=log_dir / "callback_front.log",
+                env=quiet,
+                cwd=ROOT,
+            )
+        )
     try:
         for p in procs:
             p.start()
@@ -310,6 +326,8 @@ async def measure(
         # The same gRPC upstream through grpcio's client (GATEWAY_TF_GRPC_CLIENT=grpcio) instead of h2.
         "tf (gRPC, grpcio) vs direct REST": ("tf", "gateway_grpcio?tf", "gateway_grpcio"),
         "torch via TCP relay (floor)": ("torch", "relay", "relay"),
+        # --callback-front: the same predict work in bare callbacks, without the serving machinery.
+        "torch via callback front (experiment)": ("torch", "callback_front", "callback_front"),
     }
     cases = {k: v for k, v in cases.items() if v[0] in calls and v[1] in calls}
     gw_procs = {name: psutil.Process(pid) for name, pid in gw_pids.items()}
@@ -497,11 +515,19 @@ def main() -> int:
         help="who sends the requests: this script (uvloop + the gateway's HTTP pool, grpc.aio) or wrk",
     )
     ap.add_argument("--wrk-duration", type=float, default=3.0, help="seconds per wrk run (--client wrk)")
+    ap.add_argument(
+        "--callback-front",
+        action="store_true",
+        help="also measure benchmarks/callback_front.py, the torch predict path in bare uvloop callbacks "
+        "(an experiment: what the serving machinery costs)",
+    )
     args = ap.parse_args()
     if not args.backends <= {"torch", "tf"} or "torch" not in args.backends:
         ap.error("--backends: torch,tf or torch (the relay and the gateway's TF cases all need torch_service)")
     if args.gateway_url and (args.backends != {"torch", "tf"} or args.torch_device is not None):
         ap.error("--backends and --torch-device choose what this script starts; with --gateway-url it starts nothing")
+    if args.gateway_url and args.callback_front:
+        ap.error("--callback-front is started by this script; with --gateway-url it starts nothing")
     args.torch_device = args.torch_device or os.environ.get("TORCH_SERVICE_DEVICE", "auto")
     if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", args.torch_device):
         ap.error(f"--torch-device {args.torch_device!r}: use auto, cpu, cuda or cuda:N")
@@ -524,7 +550,9 @@ def main() -> int:
             log_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
             started = "torch_service, " + ("tf_serving.compat, gateways" if "tf" in args.backends else "two gateways")
             print(f"starting {started} (logs in {log_dir}) ...", flush=True)
-            procs, urls = start_stack(repo, log_dir, args.access_log, args.backends, args.torch_device)
+            procs, urls = start_stack(
+                repo, log_dir, args.access_log, args.backends, args.torch_device, args.callback_front
+            )
         tf_protocols: dict[str, str] = {}
         for name in ("gateway", "gateway_json", "gateway_grpcio"):
             if name in urls:
@@ -539,7 +567,9 @@ def main() -> int:
             + ("this script (uvloop)" if args.client == "python" else f"wrk 1 thread, {args.wrk_duration:g} s per run"),
             flush=True,
         )
-        gw_pids = {p.name: p.proc.pid for p in procs if p.name.startswith(("gateway", "relay")) and p.proc}
+        gw_pids = {
+            p.name: p.proc.pid for p in procs if p.name.startswith(("gateway", "relay", "callback_front")) and p.proc
+        }
         rows = uvloop.run(measure(urls, args, gw_pids, tf_protocols))
         print()
         print(markdown(rows, args))

@@ -1,0 +1,151 @@
+"""An experiment, not a server to deploy: the torch predict path written as bare uvloop callbacks.
+
+It measures how much of the gateway's overhead belongs to the serving machinery it runs on: uvicorn's
+ASGI cycle (scope, messages, one task per request), the gateway's ASGI layers, and asyncio streams
+and futures for the upstream call. It does the same per-request work as the gateway's predict path
+over the binary wire: the same parser and validation (serving_core.tfs_rest), the same binary
+request to torch_service and the same rendering of its answer (serving_core.oip). It does all of it in
+protocol callbacks, with one upstream connection per client connection, and nothing else: no request
+id, API keys, body cap, metrics, access log, timeouts, replicas, retries or error mapping beyond
+400/upstream status. What it saves is an upper bound on what moving the gateway's predict path below
+ASGI could save.
+
+    python benchmarks/gateway_overhead.py --backends torch --client wrk --callback-front
+
+starts it next to the gateway (`python benchmarks/callback_front.py PORT TORCH_PORT`) and measures
+it as one more way through to torch_service, in the same rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import httptools
+import orjson
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serving_core import oip
+from serving_core.errors import ServingError
+from serving_core.tfs_rest import PredictRequest, parse_predict_body, predict_response
+
+
+class _Upstream(asyncio.Protocol):
+    """One kept-alive connection to torch_service; each complete answer goes to its front."""
+
+    def __init__(self, front: _Front) -> None:
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.body: list[bytes] = []
+        self.header_length: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"inference-header-content-length":
+            self.header_length = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body, self.body = b"".join(self.body), []
+        header_length, self.header_length = self.header_length, None
+        self.front.answered(self.parser.get_status_code(), body, header_length)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.close()
+
+
+class _Front(asyncio.Protocol):
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.parser = httptools.HttpRequestParser(self)
+        self.body: list[bytes] = []
+        self.upstream: _Upstream | None = None
+        self.waiting: bytes | None = None  # a body that arrived before the upstream connection
+        self.request: PredictRequest | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, upstream = await loop.create_connection(lambda: _Upstream(self), "127.0.0.1", self.upstream_port)
+        self.upstream = upstream
+        if self.waiting is not None:
+            self._forward(self.waiting)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body, self.body = b"".join(self.body), []
+        if self.upstream is None:
+            self.waiting = body
+        else:
+            self._forward(body)
+
+    def _forward(self, body: bytes) -> None:
+        try:
+            self.request = parse_predict_body(body, max_batch_size=32)
+        except ServingError as exc:
+            self._reply(exc.http_status, orjson.dumps({"error": exc.message}))
+            return
+        payload, header_length = oip.binary_infer_request(self.request.images)
+        assert self.upstream is not None and self.upstream.transport is not None
+        self.upstream.transport.write(
+            b"POST /v2/models/cnn/infer HTTP/1.1\r\nHost: torch\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\nInference-Header-Content-Length: %d\r\n\r\n%s"
+            % (len(payload), header_length, payload)
+        )
+
+    def answered(self, status: int, body: bytes, header_length: str | None) -> None:
+        if status != 200 or self.request is None:
+            self._reply(status, body)
+            return
+        _, outputs = oip.read_infer_response(body, header_length)
+        self._reply(200, predict_response(self.request.format, outputs))
+
+    def _reply(self, status: int, content: bytes) -> None:
+        self.transport.write(
+            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, len(content), content)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.close()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+
+
+def main() -> None:
+    port, upstream_port = int(sys.argv[1]), int(sys.argv[2])
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(lambda: _Front(upstream_port), "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(serve())
+
+
+if __name__ == "__main__":
+    main()
