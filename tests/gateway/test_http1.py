@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from devstack.process import free_port
-from gateway.upstreams.http1 import ConnectFailed, ConnectionLost, Http1Pool
+from gateway.upstreams.http1 import ConnectFailed, ConnectionLost, Http1Pool, ProtocolError
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
 
@@ -98,6 +98,61 @@ async def test_chunked_answer() -> None:
         await pool.aclose()
 
 
+async def test_answer_trickled_byte_by_byte_interim_100_and_close_delimited_body() -> None:
+    """The parser sees answers as TCP delivers them: a head split anywhere, a 100 Continue before the
+    real answer, and a body with neither length nor chunks that ends when the server closes."""
+
+    async def odd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        await read_request(reader)
+        if n == 0:
+            for byte in b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"trickled"):
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0)
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Model-Version: 5\r\n\r\nuntil-close")
+        await writer.drain()
+        return False
+
+    server = Server(odd)
+    async with server as url:
+        pool = Http1Pool(url, max_connections=1, connect_timeout_s=1)
+        first = await pool.request("POST", "/", b"x")
+        assert (first.status, first.content, first.headers["x-model-version"]) == (200, b"trickled", "4")
+        second = await pool.request("POST", "/", b"x")  # same connection, answered until close
+        assert (second.status, second.content, second.headers["connection"]) == (200, b"until-close", "close")
+        third = await pool.request("POST", "/", b"x")  # not reused after the close: a new connection
+        assert third.content == b"trickled"
+        await pool.aclose()
+    assert server.connections == 2
+
+
+async def test_garbage_answer_is_a_protocol_error_and_bytes_after_an_answer_retire_the_connection() -> None:
+    calls = 0
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        nonlocal calls
+        calls += 1
+        await read_request(reader)
+        if calls == 1:
+            writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            return True
+        # A complete answer with stray bytes behind it: answered, but the connection is not reused.
+        writer.write(answer(b"ok") + b"junk")
+        await writer.drain()
+        return True
+
+    server = Server(garbage)
+    async with server as url:
+        pool = Http1Pool(url, max_connections=1, connect_timeout_s=1)
+        with pytest.raises(ProtocolError, match=r"not an HTTP/1\.1 answer"):
+            await pool.request("GET", "/", b"")
+        assert (await pool.request("GET", "/", b"")).content == b"ok"
+        assert (await pool.request("GET", "/", b"")).content == b"ok"
+        await pool.aclose()
+    assert server.connections == 3
+
+
 async def test_idle_connection_closed_by_server_is_replaced_transparently() -> None:
     async def one_per_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
         await read_request(reader)
@@ -169,7 +224,8 @@ def test_connection_reset_before_the_first_write_is_a_lost_connection_under_uvlo
 
             async def connect_then_reset() -> Any:
                 conn = await real_connect()
-                conn.writer.transport.abort()  # the peer's RST, processed before our first write
+                assert conn.transport is not None
+                conn.transport.abort()  # the peer's RST, processed before our first write
                 await asyncio.sleep(0.01)  # (the handle is fully closed by then)
                 return conn
 
