@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import logging
+import sys
 
 import uvicorn
 
-from gateway.app import create_app
-from gateway.settings import load_settings
-from serving_core.http_protocol import timed_protocol
+from gateway.app import GatewayApp, create_app
+from gateway.settings import Settings, load_settings
+from serving_core.http_protocol import RequestFront, timed_protocol
+
+
+def server_config(app: GatewayApp, settings: Settings, *, front: RequestFront | None = None) -> uvicorn.Config:
+    """uvicorn's configuration for the gateway; `front` replaces the app's predict front (tests count
+    what it claims)."""
+    if front is None and settings.predict_path == "protocol":
+        front = app.state.predict_front
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # ours is structured and carries the backend and replica
+        # Nothing here reads the client's address or scheme, so X-Forwarded-* rewriting would be a
+        # layer per request for nothing.
+        proxy_headers=False,
+        loop="uvloop",
+        # httptools, with a time limit per request and (by default) predict served below ASGI
+        http=timed_protocol(settings.request_read_timeout_s, front=front),
+        timeout_graceful_shutdown=10,
+    )
 
 
 def main() -> None:
@@ -27,19 +50,11 @@ def main() -> None:
     # counting anyway; the rarer collections only delay reclaiming cycles.
     gc.freeze()  # everything imported and built so far is permanent: never scanned again
     gc.set_threshold(20_000, 50, 100)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # ours is structured and carries the backend and replica
-        # Nothing here reads the client's address or scheme, so X-Forwarded-* rewriting would be a
-        # layer per request for nothing.
-        proxy_headers=False,
-        loop="uvloop",
-        http=timed_protocol(settings.request_read_timeout_s),  # httptools, with a time limit per request
-        timeout_graceful_shutdown=10,
-    )
+    server = uvicorn.Server(server_config(app, settings))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: it never served (port taken, start-up failed)
 
 
 if __name__ == "__main__":

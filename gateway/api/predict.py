@@ -7,15 +7,20 @@ FastAPI routes below call the same function, so the OpenAPI docs describe exactl
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.deps import check_model, gateway, log_info, parse_body
+from gateway.errors import BadGateway
 from gateway.service import Gateway, backend_choice
 
 router = APIRouter(tags=["predict"])
+
+# What uvicorn refuses in a header value: controls, CR and LF (a backend's version becomes X-Model-Version).
+_BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 _DOC = (
     "TF Serving REST predict body (`instances` rows or `inputs` columns, images [N, 28, 28, 1]). "
@@ -50,6 +55,9 @@ async def serve_predict(
         "x-replica": result.replica,
     }
     if result.version is not None:
+        if _BAD_HEADER_VALUE.search(result.version):
+            # It would split the answer's head (uvicorn refuses it with a bare 500, not our JSON error).
+            raise BadGateway(f"upstream {result.replica} answered a model version that is no header value")
         headers["x-model-version"] = result.version
     return result.json_body(), headers
 
