@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import io
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -368,3 +369,54 @@ def test_expect_continue_and_http_1_0_are_left_to_asgi(pair: tuple[Served, Serve
     (answer,) = exchange(front.port, old)
     assert answer.json()["predictions"][0]["classes"] == 4
     assert front.front.claimed == before
+
+
+class RawBackend(socketserver.ThreadingTCPServer):
+    """Answers every request on a connection with the same bytes, whatever it asked."""
+
+    daemon_threads = True
+
+    def __init__(self, reply: bytes) -> None:
+        reply_bytes = reply
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while True:
+                    head = b""
+                    while not head.endswith(b"\r\n\r\n"):
+                        line = self.rfile.readline()
+                        if not line:
+                            return
+                        head += line
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    self.rfile.read(length)
+                    self.wfile.write(reply_bytes)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_a_version_that_would_split_the_head_is_a_502_on_both_paths() -> None:
+    from tests.gateway.test_rest_binary import binary_answer
+
+    probs = np.full((1, 10), 0.1, dtype=np.float32)
+    reply = binary_answer(probs, np.array([3]), version="1\r\nx-injected: yes")
+    with RawBackend(reply) as raw:
+        threading.Thread(target=raw.serve_forever, daemon=True).start()
+        tf = [unused_target()]
+        with (
+            ThreadServer(settings(raw.url, tf_grpc_targets=tf), count=True) as front,
+            ThreadServer(settings(raw.url, tf_grpc_targets=tf, predict_path="asgi"), count=False) as asgi,
+        ):
+            answers = [call(s.port, "POST", "/v1/models/cnn:predict", rows(image(3))) for s in (front, asgi)]
+            assert front.front is not None and front.front.claimed == 1
+        raw.shutdown()
+    for answer in answers:
+        assert answer.status == 502 and "x-injected" not in answer.headers
+        assert "model version that is no header value" in answer.json()["error"]
