@@ -222,7 +222,7 @@ def test_front_and_asgi_answer_alike(
     assert a.headers["content-type"] == "application/json"
     if a.status == 200:
         assert a.headers["x-backend"] == "torch" and "x-upstream-latency-ms" in a.headers
-        expected = [int(round(v[0][0][0] * 10)) for v in orjson.loads(body).get("instances", [])]
+        expected = [round(v[0][0][0] * 10) for v in orjson.loads(body).get("instances", [])]
         if expected:
             assert [p["classes"] for p in a.json()["predictions"]] == expected
     else:
