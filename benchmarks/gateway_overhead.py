@@ -25,11 +25,8 @@ the overhead is the median over rounds of (through p50 - direct p50), both runs 
 same round (a few wrk runs apart at most).
 wrk speaks HTTP only, so the direct-gRPC case is left out there.
 
-With --asgi-path it also starts "gateway_asgi", the default gateway with GATEWAY_PREDICT_PATH=asgi
-(predict through its ASGI fast path instead of below ASGI, gateway/predict_front.py), and measures it
-in the same rounds. With --callback-front it also starts benchmarks/callback_front.py, the torch
-predict path in bare uvloop callbacks (an experiment: what the serving machinery costs), as one more
-way through to torch.
+With --callback-front it also starts benchmarks/callback_front.py, the torch predict path in bare
+uvloop callbacks (an experiment: what the serving machinery costs), as one more way through to torch.
 
 A stack that is already running can be measured instead: --torch-url, --tf-url and --gateway-url.
 Where TensorFlow is not installed (the GPU image), `--backends torch` starts only torch_service, two
@@ -72,17 +69,11 @@ from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 
 def start_stack(
-    repo: Path,
-    log_dir: Path,
-    access_log: bool,
-    backends: set[str],
-    torch_device: str,
-    callback_front: bool = False,
-    asgi_path: bool = False,
+    repo: Path, log_dir: Path, access_log: bool, backends: set[str], torch_device: str, callback_front: bool = False
 ) -> tuple[list[ManagedProcess], dict[str, str]]:
     quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": pythonpath(ROOT), "MODEL_REPOSITORY": str(repo)}
     tp, rp, gp, rl = free_port(), free_port(), free_port(), free_port()
-    gwp, gwr, gwg, gwa = free_port(), free_port(), free_port(), free_port()
+    gwp, gwr, gwg = free_port(), free_port(), free_port()
     urls = {
         "torch": f"http://127.0.0.1:{tp}",
         "tf_grpc": f"127.0.0.1:{gp}",
@@ -91,25 +82,20 @@ def start_stack(
         "gateway": f"http://127.0.0.1:{gwp}",
         "gateway_json": f"http://127.0.0.1:{gwr}",
         "gateway_grpcio": f"http://127.0.0.1:{gwg}",
-        "gateway_asgi": f"http://127.0.0.1:{gwa}",
     }
-    # (name, TF upstream protocol, its gRPC client, torch wire, where predict is served)
+    # (name, TF upstream protocol, its gRPC client, torch wire)
     gateways = [
-        ("gateway", "grpc", "h2", "binary", "protocol"),
-        ("gateway_json", "rest", "h2", "json", "protocol"),
-        ("gateway_grpcio", "grpc", "grpcio", "binary", "protocol"),
+        ("gateway", "grpc", "h2", "binary"),
+        ("gateway_json", "rest", "h2", "json"),
+        ("gateway_grpcio", "grpc", "grpcio", "binary"),
     ]
     if "tf" not in backends:
         # torch only (a machine without TensorFlow, such as the GPU image): two gateways (torch over the
         # binary and over the JSON wire), their TF upstream pointed at a port nobody listens on (TF shows
         # as not ready; torch requests never touch it).
-        gateways = [("gateway", "rest", "h2", "binary", "protocol"), ("gateway_json", "rest", "h2", "json", "protocol")]
+        gateways = [("gateway", "rest", "h2", "binary"), ("gateway_json", "rest", "h2", "json")]
         for name in ("tf", "tf_grpc", "gateway_grpcio"):
             del urls[name]
-    if asgi_path:
-        gateways.append(("gateway_asgi", gateways[0][1], "h2", "binary", "asgi"))
-    else:
-        del urls["gateway_asgi"]
     procs = [
         ManagedProcess.python_module(
             "torch_service",
@@ -154,13 +140,12 @@ def start_stack(
                     "GATEWAY_TF_PROTOCOL": protocol,
                     "GATEWAY_TF_GRPC_CLIENT": client,
                     "GATEWAY_TORCH_WIRE": wire,
-                    "GATEWAY_PREDICT_PATH": predict_path,
                     "GATEWAY_ACCESS_LOG": str(access_log).lower(),
                     "GATEWAY_HEALTH_INTERVAL_S": "0.5",
                 },
                 cwd=ROOT,
             )
-            for name, protocol, client, wire, predict_path in gateways
+            for name, protocol, client, wire in gateways
         ),
         ManagedProcess(
             name="relay",
@@ -325,8 +310,6 @@ async def measure(
         ("gateway", "tf"),
         ("gateway_json", "tf"),
         ("gateway_grpcio", "tf"),
-        ("gateway_asgi", "torch"),
-        ("gateway_asgi", "tf"),
     ):
         if name in pools:
             calls[f"{name}?{backend}"] = http_call(pools[name], f"{predict}?backend={backend}", body)
@@ -342,9 +325,6 @@ async def measure(
         "tf (REST)": ("tf", "gateway_json?tf", "gateway_json"),
         # The same gRPC upstream through grpcio's client (GATEWAY_TF_GRPC_CLIENT=grpcio) instead of h2.
         "tf (gRPC, grpcio) vs direct REST": ("tf", "gateway_grpcio?tf", "gateway_grpcio"),
-        # --asgi-path: the default gateway with predict served through ASGI (GATEWAY_PREDICT_PATH=asgi).
-        "torch (REST, binary), ASGI path": ("torch", "gateway_asgi?torch", "gateway_asgi"),
-        f"tf ({upstream}) vs direct REST, ASGI path": ("tf", "gateway_asgi?tf", "gateway_asgi"),
         "torch via TCP relay (floor)": ("torch", "relay", "relay"),
         # --callback-front: the same predict work in bare callbacks, without the serving machinery.
         "torch via callback front (experiment)": ("torch", "callback_front", "callback_front"),
@@ -536,11 +516,6 @@ def main() -> int:
     )
     ap.add_argument("--wrk-duration", type=float, default=3.0, help="seconds per wrk run (--client wrk)")
     ap.add_argument(
-        "--asgi-path",
-        action="store_true",
-        help="also start and measure the default gateway with GATEWAY_PREDICT_PATH=asgi (predict through ASGI)",
-    )
-    ap.add_argument(
         "--callback-front",
         action="store_true",
         help="also measure benchmarks/callback_front.py, the torch predict path in bare uvloop callbacks "
@@ -551,8 +526,8 @@ def main() -> int:
         ap.error("--backends: torch,tf or torch (the relay and the gateway's TF cases all need torch_service)")
     if args.gateway_url and (args.backends != {"torch", "tf"} or args.torch_device is not None):
         ap.error("--backends and --torch-device choose what this script starts; with --gateway-url it starts nothing")
-    if args.gateway_url and (args.callback_front or args.asgi_path):
-        ap.error("--callback-front and --asgi-path are started by this script; with --gateway-url it starts nothing")
+    if args.gateway_url and args.callback_front:
+        ap.error("--callback-front is started by this script; with --gateway-url it starts nothing")
     args.torch_device = args.torch_device or os.environ.get("TORCH_SERVICE_DEVICE", "auto")
     if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", args.torch_device):
         ap.error(f"--torch-device {args.torch_device!r}: use auto, cpu, cuda or cuda:N")
@@ -576,10 +551,10 @@ def main() -> int:
             started = "torch_service, " + ("tf_serving.compat, gateways" if "tf" in args.backends else "two gateways")
             print(f"starting {started} (logs in {log_dir}) ...", flush=True)
             procs, urls = start_stack(
-                repo, log_dir, args.access_log, args.backends, args.torch_device, args.callback_front, args.asgi_path
+                repo, log_dir, args.access_log, args.backends, args.torch_device, args.callback_front
             )
         tf_protocols: dict[str, str] = {}
-        for name in ("gateway", "gateway_json", "gateway_grpcio", "gateway_asgi"):
+        for name in ("gateway", "gateway_json", "gateway_grpcio"):
             if name in urls:
                 wanted: list[str] = [b for b in ("torch", "tf") if b in urls or (b == "tf" and "tf_grpc" in urls)]
                 tf_protocols[name] = asyncio.run(wait_ready(urls[name], wanted or ["torch"]))

@@ -12,14 +12,11 @@ import uvicorn
 
 from gateway.app import GatewayApp, create_app
 from gateway.settings import Settings, load_settings
-from serving_core.http_protocol import RequestFront, timed_protocol
+from serving_core.http_protocol import timed_protocol
 
 
-def server_config(app: GatewayApp, settings: Settings, *, front: RequestFront | None = None) -> uvicorn.Config:
-    """uvicorn's configuration for the gateway; `front` replaces the app's predict front (tests count
-    what it claims)."""
-    if front is None and settings.predict_path == "protocol":
-        front = app.state.predict_front
+def server_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for the gateway (also what the tests serve it with, in-process)."""
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -30,8 +27,7 @@ def server_config(app: GatewayApp, settings: Settings, *, front: RequestFront | 
         # layer per request for nothing.
         proxy_headers=False,
         loop="uvloop",
-        # httptools, with a time limit per request and (by default) predict served below ASGI
-        http=timed_protocol(settings.request_read_timeout_s, front=front),
+        http=timed_protocol(settings.request_read_timeout_s),  # httptools, with a time limit per request
         timeout_graceful_shutdown=10,
     )
 

@@ -14,8 +14,7 @@ from gateway.errors import install_handlers
 from gateway.fastpath import PredictFastPath
 from gateway.loadtest.api import build_router as build_loadtest_router
 from gateway.metrics import Metrics
-from gateway.middleware import ApiKeys, GatewayMiddleware, Recorder
-from gateway.predict_front import PredictFront
+from gateway.middleware import GatewayMiddleware
 from gateway.service import Gateway
 from gateway.settings import Settings
 
@@ -77,15 +76,12 @@ def create_app(settings: Settings | None = None, *, predict_fast_path: bool = Tr
 
     # In front of FastAPI: request id, API keys, body cap, metrics and access log in one layer, then the
     # predict fast path; everything else continues into FastAPI's own stack.
-    keys = ApiKeys(settings.api_keys)
-    recorder = Recorder(metrics, access_log)
-    # Below ASGI: the server's HTTP protocol hands it predict requests (gateway/__main__.py).
-    app.state.predict_front = PredictFront(gw, api_keys=keys, max_body_bytes=settings.max_body_bytes, recorder=recorder)
     app.front = GatewayMiddleware(
         PredictFastPath(app.fastapi_call, gateway=gw) if predict_fast_path else app.fastapi_call,
-        api_keys=keys,
+        api_keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,
-        recorder=recorder,
+        metrics=metrics,
+        access_log=access_log,
     )
     # Endpoints.
     for module in (predict, compare, classify, backends, health):

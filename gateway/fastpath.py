@@ -23,7 +23,7 @@ from gateway.errors import LOG_KEY, error_for
 from gateway.service import Gateway
 
 # The same paths FastAPI's `{model}` / `{version}` parameters match (a segment without "/").
-PREDICT_PATH = re.compile(r"/v1/models/([^/]+?)(?:/versions/([^/]+))?:predict")
+_PREDICT = re.compile(r"/v1/models/([^/]+?)(?:/versions/([^/]+))?:predict")
 _JSON = (b"content-type", b"application/json")
 
 
@@ -35,7 +35,7 @@ class PredictFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            match = PREDICT_PATH.fullmatch(scope["path"])
+            match = _PREDICT.fullmatch(scope["path"])
         if match is None:
             await self.app(scope, receive, send)
             return
@@ -50,7 +50,7 @@ class PredictFastPath:
                 info,
                 match.group(1),
                 match.group(2),
-                query_backend(scope["query_string"]),
+                _query_backend(scope["query_string"]),
                 _header(scope["headers"], b"x-backend"),
                 body,
             )
@@ -77,7 +77,7 @@ async def _read_body(receive: Receive) -> bytes | None:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def query_backend(query_string: bytes) -> str | None:
+def _query_backend(query_string: bytes) -> str | None:
     if not query_string:
         return None
     value = None

@@ -1,9 +1,7 @@
 """One pure-ASGI middleware for every request: request id, API keys, body cap, metrics, access log.
 
 One layer rather than four (and no BaseHTTPMiddleware) because each layer costs tens of
-microseconds per request and the gateway's overhead budget is half a millisecond. The request id,
-the key check and the recording are also what the predict front below ASGI (gateway/predict_front.py)
-applies, so they are here as pieces both call.
+microseconds per request and the gateway's overhead budget is half a millisecond.
 """
 
 from __future__ import annotations
@@ -38,20 +36,28 @@ def _json_error(status: int, message: str, extra_headers: list[tuple[bytes, byte
     )
 
 
-def request_id(value: bytes | None) -> str:
-    """The client's X-Request-ID when it is safe to echo, else a new random one."""
-    given = value.decode("latin-1") if value else ""
-    return given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
+class GatewayMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: list[str],
+        max_body_bytes: int,
+        metrics: Metrics,
+        access_log: AccessLog | None,
+    ) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in api_keys]
+        self.max_body = max_body_bytes
+        self.metrics = metrics
+        self.access_log = access_log
+        # Labelled children cached per label set: prometheus_client's labels() lookup costs a few
+        # microseconds each, three times per request.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-
-class ApiKeys:
-    """The bearer keys from settings; none configured means every request is let in."""
-
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = [k.encode() for k in keys]
-
-    def authorized(self, authorization: bytes | None) -> bool:
-        scheme, _, token = (authorization or b"").partition(b" ")
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        value = headers.get(b"authorization", b"")
+        scheme, _, token = value.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
             return False
         # Compare against every key without stopping early, so timing tells nothing about which matched.
@@ -60,67 +66,14 @@ class ApiKeys:
             ok |= hmac.compare_digest(token.strip(), key)
         return ok
 
-
-class Recorder:
-    """One request's metrics and access-log line, written when it has been answered."""
-
-    def __init__(self, metrics: Metrics, access_log: AccessLog | None) -> None:
-        self.metrics = metrics
-        self.access_log = access_log
-        # Labelled children cached per label set: prometheus_client's labels() lookup costs a few
-        # microseconds each, three times per request.
-        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def record(self, method: str, path: str, info: dict[str, Any], status: int, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        endpoint = info.get("endpoint")
-        backend = info.get("backend", "-")
-        if endpoint is not None:
-            key = (endpoint, backend, status)
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = (
-                    self.metrics.requests.labels(endpoint, backend, str(status)),
-                    self.metrics.latency.labels(endpoint, backend),
-                )
-            series[0].inc()
-            series[1].observe(elapsed)
-        if self.access_log is not None:
-            self.access_log.write(
-                {
-                    "ts": time.time(),
-                    "id": info["request_id"],
-                    "method": method,
-                    "path": path,
-                    "backend": info.get("backend"),
-                    "replica": info.get("replica"),
-                    "status": status,
-                    "latency_ms": round(elapsed * 1000.0, 3),
-                }
-            )
-
-
-class GatewayMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        api_keys: ApiKeys,
-        max_body_bytes: int,
-        recorder: Recorder,
-    ) -> None:
-        self.app = app
-        self.keys = api_keys
-        self.max_body = max_body_bytes
-        self.recorder = recorder
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
         headers = dict(scope["headers"])
-        rid = request_id(headers.get(b"x-request-id"))
+        rid_in = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = rid_in if rid_in and _REQUEST_ID.match(rid_in) else os.urandom(16).hex()
         info: dict[str, Any] = {"request_id": rid}
         scope[LOG_KEY] = info
         rid_header = (b"x-request-id", rid.encode())
@@ -134,7 +87,7 @@ class GatewayMiddleware:
 
         path: str = scope["path"]
         try:
-            if self.keys.keys and path not in PUBLIC_PATHS and not self.keys.authorized(headers.get(b"authorization")):
+            if self.keys and path not in PUBLIC_PATHS and not self._authorized(headers):
                 for msg in _json_error(
                     401,
                     "missing or invalid API key (send 'Authorization: Bearer <key>')",
@@ -155,8 +108,7 @@ class GatewayMiddleware:
         finally:
             # A client that left before its body arrived was nobody's error: 499, as nginx logs it (set by
             # the fast path, and by the ClientDisconnect handler for FastAPI's routes, gateway/errors.py).
-            status = 499 if info.get("client_gone") else status_box[0]
-            self.recorder.record(scope["method"], path, info, status, start)
+            self._record(scope, info, 499 if info.get("client_gone") else status_box[0], start)
 
     def _capped(self, receive: Receive) -> Receive:
         """Chunked bodies have no Content-Length: count as they arrive and stop at the cap."""
@@ -173,3 +125,31 @@ class GatewayMiddleware:
             return message
 
         return capped
+
+    def _record(self, scope: Scope, info: dict[str, Any], status: int, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        endpoint = info.get("endpoint")
+        backend = info.get("backend", "-")
+        if endpoint is not None:
+            key = (endpoint, backend, status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (
+                    self.metrics.requests.labels(endpoint, backend, str(status)),
+                    self.metrics.latency.labels(endpoint, backend),
+                )
+            series[0].inc()
+            series[1].observe(elapsed)
+        if self.access_log is not None:
+            self.access_log.write(
+                {
+                    "ts": time.time(),
+                    "id": info["request_id"],
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "backend": info.get("backend"),
+                    "replica": info.get("replica"),
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000.0, 3),
+                }
+            )

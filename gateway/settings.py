@@ -44,11 +44,6 @@ class Settings(BaseSettings):
     # (upstreams/h2grpc.py, less than half of grpcio's CPU per call), or "grpcio" (grpc.aio channels).
     tf_grpc_client: Literal["h2", "grpcio"] = "h2"
 
-    # Where predict requests are served: "protocol", below ASGI in the HTTP protocol itself (the common
-    # case; gateway/predict_front.py), or "asgi", through the ASGI fast path for every predict request.
-    # Both answer alike; "asgi" is the way to compare them, or to rule the protocol path out.
-    predict_path: Literal["protocol", "asgi"] = "protocol"
-
     # least_outstanding sends each call to the replica with the fewest calls in flight, which adapts to a
     # slow replica; round_robin is the simple, predictable alternative.
     balancer: Literal["least_outstanding", "round_robin"] = "least_outstanding"

@@ -17,18 +17,12 @@ when the app sends `http.response.start` and the body when it sends `http.respon
 puts each write on the socket at once: two send calls and two TCP segments per answer, and a client
 that wakes for the head only to wait again for the body. In front of another server of ours (the
 gateway before torch_service) that cost is paid once per hop.
-
-And it lets a server answer some requests below ASGI (`RequestFront`): when a request's head is
-complete, the front may claim it with a cycle object of its own, which uvicorn's connection handling
-(keep-alive, pipelining order, flow control, disconnects, graceful shutdown) then drives exactly as it
-drives its own RequestResponseCycle. Every request the front does not claim goes to the ASGI app as
-before. The gateway serves predict this way (gateway/predict_front.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -91,23 +85,8 @@ class _HeadWithBodyTransport:
         return getattr(self._transport, name)
 
 
-class RequestFront(Protocol):
-    def claim(self, protocol: TimedHttpToolsProtocol) -> Any | None:
-        """Called when a request's head is complete (method, URL and headers are on `protocol`).
-
-        Returns None to leave the request to the ASGI app, or a cycle: an object with uvicorn's
-        RequestResponseCycle interface as its protocol uses it. Attributes `body` (bytearray, the
-        protocol appends what arrives), `more_body`, `disconnected`, `keep_alive` (cleared on shutdown),
-        `response_complete` and `message_event` (its `set()` is called on body data, body end and
-        disconnect); and the coroutine method `run_asgi(app)`, run as one task, which must call
-        `protocol.on_response_complete()` once its answer is written.
-        """
-        ...
-
-
 class TimedHttpToolsProtocol(HttpToolsProtocol):
     request_read_timeout_s = DEFAULT_REQUEST_READ_TIMEOUT_S
-    front: RequestFront | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -150,20 +129,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
             self._enter("head")
 
     def on_headers_complete(self) -> None:
-        cycle = None
-        if self.front is not None and self.limit_concurrency is None and not self.parser.should_upgrade():
-            cycle = self.front.claim(self)
-        if cycle is None:
-            super().on_headers_complete()
-        else:
-            # What uvicorn does with its own cycle: start it, or queue it behind an unanswered request.
-            previous = self.cycle
-            self.cycle = cycle
-            if previous is None or previous.response_complete:
-                self._start_asgi_task(cycle, self.app)
-            else:
-                self.flow.pause_reading()
-                self.pipeline.appendleft((cycle, self.app))
+        super().on_headers_complete()
         self._enter("body")
 
     def on_body(self, body: bytes) -> None:
@@ -190,12 +156,10 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def timed_protocol(
-    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S, front: RequestFront | None = None
-) -> type[TimedHttpToolsProtocol]:
-    """The protocol class to give uvicorn as `http=`, with its own time limit and optional front."""
+def timed_protocol(request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S) -> type[TimedHttpToolsProtocol]:
+    """The protocol class to give uvicorn as `http=`, with its own time limit."""
     return type(
         "TimedHttpToolsProtocol",
         (TimedHttpToolsProtocol,),
-        {"request_read_timeout_s": request_read_timeout_s, "front": front},
+        {"request_read_timeout_s": request_read_timeout_s},
     )

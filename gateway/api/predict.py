@@ -56,7 +56,7 @@ async def serve_predict(
     }
     if result.version is not None:
         if _BAD_HEADER_VALUE.search(result.version):
-            # It would split the answer's head (uvicorn refuses it with a bare 500, not our JSON error).
+            # It would split the answer's head; uvicorn refuses it with a bare text 500, not our JSON error.
             raise BadGateway(f"upstream {result.replica} answered a model version that is no header value")
         headers["x-model-version"] = result.version
     return result.json_body(), headers

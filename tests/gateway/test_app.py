@@ -308,6 +308,6 @@ def test_a_bug_in_a_route_is_a_json_500_with_request_id_in_log_and_metrics() -> 
 def test_the_fast_path_reads_backend_from_the_query_as_starlette_does(query: bytes) -> None:
     from starlette.datastructures import QueryParams
 
-    from gateway.fastpath import query_backend
+    from gateway.fastpath import _query_backend
 
-    assert query_backend(query) == QueryParams(query).get("backend")
+    assert _query_backend(query) == QueryParams(query).get("backend")
