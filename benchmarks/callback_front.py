@@ -10,15 +10,25 @@ id, API keys, body cap, metrics, access log, timeouts, replicas, retries or erro
 400/upstream status. What it saves is an upper bound on what moving the gateway's predict path below
 ASGI could save.
 
-    python benchmarks/gateway_overhead.py --backends torch --client wrk --callback-front
+Two more modes put the gateway's own code back, one layer at a time, to find where its cost lies:
+- `pool`: the request is parsed as above, then sent through the gateway's real BackendPool (balancer,
+  retry and ejection bookkeeping, the per-call timeout, RestTransport's binary wire and the pooled
+  HTTP/1.1 client) in one task per request, and the answer rendered by PredictResult;
+- `serve`: the gateway's whole `serve_predict` (what its ASGI fast path calls: backend choice, model
+  check, parsing, the pool, the upstream-latency metric and the answer headers) in one task per request.
+What is left between `serve` and the gateway itself is uvicorn's HTTP protocol and ASGI cycle, the
+gateway's ASGI layers and its per-request features (request id, API keys, metrics, access log).
 
-starts it next to the gateway (`python benchmarks/callback_front.py PORT TORCH_PORT`) and measures
-it as one more way through to torch_service, in the same rounds.
+    python benchmarks/gateway_overhead.py --backends torch --client wrk --callback-front bare,pool,serve
+
+starts one front per mode next to the gateway (`python benchmarks/callback_front.py PORT TORCH_PORT
+[MODE]`) and measures each as one more way through to torch_service, in the same rounds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from pathlib import Path
 
@@ -28,6 +38,11 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway.api.predict import serve_predict
+from gateway.errors import GatewayError, error_for
+from gateway.metrics import Metrics
+from gateway.service import Gateway
+from gateway.settings import Settings
 from serving_core import oip
 from serving_core.errors import ServingError
 from serving_core.tfs_rest import PredictRequest, parse_predict_body, predict_response
@@ -63,6 +78,49 @@ class _Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.close()
+
+
+class _GatewayFront(asyncio.Protocol):
+    """Modes `pool` and `serve`: the same front door, the gateway's own code behind it."""
+
+    def __init__(self, gateway: Gateway, mode: str) -> None:
+        self.gateway = gateway
+        self.mode = mode
+        self.parser = httptools.HttpRequestParser(self)
+        self.body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        body, self.body = b"".join(self.body), []
+        asyncio.get_running_loop().create_task(self._answer(body))
+
+    async def _answer(self, body: bytes) -> None:
+        try:
+            if self.mode == "pool":
+                request = parse_predict_body(body, max_batch_size=32)
+                result = await self.gateway.pools["torch"].predict("cnn", None, request, None)
+                content = result.json_body()
+            else:
+                content, _ = await serve_predict(self.gateway, {}, "cnn", None, None, None, body)
+            status = 200
+        except (ServingError, GatewayError) as exc:
+            status, message, _ = error_for(exc)
+            content = orjson.dumps({"error": message})
+        self.transport.write(
+            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, len(content), content)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()
 
 
 class _Front(asyncio.Protocol):
@@ -136,11 +194,32 @@ class _Front(asyncio.Protocol):
             self.upstream.transport.close()
 
 
+MODES = ("bare", "pool", "serve")
+
+
 def main() -> None:
     port, upstream_port = int(sys.argv[1]), int(sys.argv[2])
+    mode = sys.argv[3] if len(sys.argv) > 3 else "bare"
+    if mode not in MODES:
+        raise SystemExit(f"mode {mode!r}: one of {', '.join(MODES)}")
 
     async def serve() -> None:
-        server = await asyncio.get_running_loop().create_server(lambda: _Front(upstream_port), "127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        if mode == "bare":
+            server = await loop.create_server(lambda: _Front(upstream_port), "127.0.0.1", port)
+        else:
+            settings = Settings(
+                torch_urls=[f"http://127.0.0.1:{upstream_port}"],
+                tf_protocol="rest",
+                tf_rest_urls=[f"http://127.0.0.1:{upstream_port}"],  # never called: torch only
+                access_log=False,
+            )
+            gateway = Gateway(settings, Metrics())
+            await gateway.start()
+            # The gateway's own GC tuning (gateway/__main__.py), so only the code path differs.
+            gc.freeze()
+            gc.set_threshold(20_000, 50, 100)
+            server = await loop.create_server(lambda: _GatewayFront(gateway, mode), "127.0.0.1", port)
         async with server:
             await server.serve_forever()
 

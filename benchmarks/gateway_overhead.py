@@ -26,7 +26,9 @@ same round (a few wrk runs apart at most).
 wrk speaks HTTP only, so the direct-gRPC case is left out there.
 
 With --callback-front it also starts benchmarks/callback_front.py, the torch predict path in bare
-uvloop callbacks (an experiment: what the serving machinery costs), as one more way through to torch.
+uvloop callbacks (an experiment: what the serving machinery costs), as one more way through to torch;
+`--callback-front bare,pool,serve` starts one per mode, the later ones with more of the gateway's own
+code behind the same front door (see that file), to show where the gateway's cost lies.
 
 A stack that is already running can be measured instead: --torch-url, --tf-url and --gateway-url.
 Where TensorFlow is not installed (the GPU image), `--backends torch` starts only torch_service, two
@@ -69,7 +71,12 @@ from gateway.upstreams.http1 import Http1Pool  # noqa: E402
 
 
 def start_stack(
-    repo: Path, log_dir: Path, access_log: bool, backends: set[str], torch_device: str, callback_front: bool = False
+    repo: Path,
+    log_dir: Path,
+    access_log: bool,
+    backends: set[str],
+    torch_device: str,
+    callback_fronts: tuple[str, ...] = (),
 ) -> tuple[list[ManagedProcess], dict[str, str]]:
     quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": pythonpath(ROOT), "MODEL_REPOSITORY": str(repo)}
     tp, rp, gp, rl = free_port(), free_port(), free_port(), free_port()
@@ -156,15 +163,17 @@ def start_stack(
             cwd=ROOT,
         ),
     ]
-    if callback_front:  # an experiment, measured as one more way through to torch (benchmarks/callback_front.py)
+    for mode in callback_fronts:  # experiments, each one more way through to torch (benchmarks/callback_front.py)
         cf = free_port()
-        urls["callback_front"] = f"http://127.0.0.1:{cf}"
+        name = f"callback_front_{mode}"
+        urls[name] = f"http://127.0.0.1:{cf}"
+        script = str(Path(__file__).resolve().parent / "callback_front.py")
         procs.append(
             ManagedProcess(
-                name="callback_front",
-                argv=[sys.executable, str(Path(__file__).resolve().parent / "callback_front.py"), str(cf), str(tp)],
+                name=name,
+                argv=[sys.executable, script, str(cf), str(tp), mode],
                 ready_url=None,
-                log_path=log_dir / "callback_front.log",
+                log_path=log_dir / f"{name}.log",
                 env=quiet,
                 cwd=ROOT,
             )
@@ -326,8 +335,11 @@ async def measure(
         # The same gRPC upstream through grpcio's client (GATEWAY_TF_GRPC_CLIENT=grpcio) instead of h2.
         "tf (gRPC, grpcio) vs direct REST": ("tf", "gateway_grpcio?tf", "gateway_grpcio"),
         "torch via TCP relay (floor)": ("torch", "relay", "relay"),
-        # --callback-front: the same predict work in bare callbacks, without the serving machinery.
-        "torch via callback front (experiment)": ("torch", "callback_front", "callback_front"),
+        # --callback-front: the same predict work in bare callbacks, without the serving machinery, then
+        # with the gateway's pool (and transport and client), then with its whole serve_predict.
+        "torch via callback front (experiment)": ("torch", "callback_front_bare", "callback_front_bare"),
+        "torch via callback front + gateway pool": ("torch", "callback_front_pool", "callback_front_pool"),
+        "torch via callback front + serve_predict": ("torch", "callback_front_serve", "callback_front_serve"),
     }
     cases = {k: v for k, v in cases.items() if v[0] in calls and v[1] in calls}
     gw_procs = {name: psutil.Process(pid) for name, pid in gw_pids.items()}
@@ -517,15 +529,20 @@ def main() -> int:
     ap.add_argument("--wrk-duration", type=float, default=3.0, help="seconds per wrk run (--client wrk)")
     ap.add_argument(
         "--callback-front",
-        action="store_true",
+        nargs="?",
+        const=("bare",),
+        default="",
+        type=lambda s: tuple(m for m in s.split(",") if m),
         help="also measure benchmarks/callback_front.py, the torch predict path in bare uvloop callbacks "
-        "(an experiment: what the serving machinery costs)",
+        "(an experiment: what the serving machinery costs); modes bare (the default), pool, serve, comma-separated",
     )
     args = ap.parse_args()
     if not args.backends <= {"torch", "tf"} or "torch" not in args.backends:
         ap.error("--backends: torch,tf or torch (the relay and the gateway's TF cases all need torch_service)")
     if args.gateway_url and (args.backends != {"torch", "tf"} or args.torch_device is not None):
         ap.error("--backends and --torch-device choose what this script starts; with --gateway-url it starts nothing")
+    if set(args.callback_front) - {"bare", "pool", "serve"}:
+        ap.error("--callback-front: modes bare, pool, serve (comma-separated)")
     if args.gateway_url and args.callback_front:
         ap.error("--callback-front is started by this script; with --gateway-url it starts nothing")
     args.torch_device = args.torch_device or os.environ.get("TORCH_SERVICE_DEVICE", "auto")
