@@ -14,7 +14,6 @@ Two wires:
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 import orjson
@@ -98,8 +97,7 @@ class RestTransport:
         extra_headers: str = "",
     ) -> HttpResponse:
         try:
-            async with asyncio.timeout(timeout):
-                return await self._pool(replica.address).request(method, path, body, content_type, extra_headers)
+            return await self._pool(replica.address).request(method, path, body, content_type, extra_headers, timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {replica.address} timed out after {timeout:g}s") from None
         except (ConnectFailed, ConnectionLost) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -186,7 +187,8 @@ async def test_refused_and_lost_connections() -> None:
             await Http1Pool(url, max_connections=1, connect_timeout_s=1).request("GET", "/", b"")
 
 
-async def test_timed_out_call_closes_its_connection() -> None:
+@pytest.mark.parametrize("how", ["timeout argument", "caller's asyncio.timeout"])
+async def test_timed_out_call_closes_its_connection(how: str) -> None:
     calls = 0
 
     async def stall_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
@@ -202,13 +204,38 @@ async def test_timed_out_call_closes_its_connection() -> None:
     server = Server(stall_first)
     async with server as url:
         pool = Http1Pool(url, max_connections=1, connect_timeout_s=1)
+        start = time.monotonic()
         with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.1):
-                await pool.request("GET", "/", b"")
+            if how == "timeout argument":
+                await pool.request("GET", "/", b"", timeout=0.1)
+            else:
+                async with asyncio.timeout(0.1):
+                    await pool.request("GET", "/", b"")
+        assert time.monotonic() - start < 0.25  # not the 0.3 s the server took
         # The late answer must never be read as the next call's answer.
         assert (await pool.request("GET", "/", b"")).content == b"fresh"
         await pool.aclose()
     assert server.connections == 2
+
+
+async def test_timeout_covers_waiting_for_a_free_connection() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        await read_request(reader)
+        await asyncio.sleep(0.4)
+        writer.write(answer(b"ok"))
+        return True
+
+    async with Server(slow) as url:
+        pool = Http1Pool(url, max_connections=1, connect_timeout_s=1)
+        busy = asyncio.create_task(pool.request("GET", "/", b"", timeout=5))
+        await asyncio.sleep(0.05)  # the only connection is taken
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await pool.request("GET", "/", b"", timeout=0.1)
+        assert time.monotonic() - start < 0.3
+        assert (await busy).content == b"ok"
+        assert (await pool.request("GET", "/", b"", timeout=5)).content == b"ok"  # the slot was given back
+        await pool.aclose()
 
 
 def test_connection_reset_before_the_first_write_is_a_lost_connection_under_uvloop() -> None:
@@ -222,8 +249,8 @@ def test_connection_reset_before_the_first_write_is_a_lost_connection_under_uvlo
             pool = Http1Pool(url, max_connections=1, connect_timeout_s=1)
             real_connect = pool._connect
 
-            async def connect_then_reset() -> Any:
-                conn = await real_connect()
+            async def connect_then_reset(deadline: float | None) -> Any:
+                conn = await real_connect(deadline)
                 assert conn.transport is not None
                 conn.transport.abort()  # the peer's RST, processed before our first write
                 await asyncio.sleep(0.01)  # (the handle is fully closed by then)
