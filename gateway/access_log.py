@@ -47,6 +47,8 @@ class AccessLog:
         if self._closed or self._size >= self.max_buffered_bytes:
             self.flush()  # after close (requests finishing during shutdown) nothing would flush later
             return
+        if self._timer is not None and self._timer_loop is not None and self._timer_loop.is_running():
+            return  # a flush is already due, on a loop that still runs (get_running_loop() costs a getpid())
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a caller outside the server): nothing would flush later
