@@ -9,7 +9,6 @@ a grpc.aio channel (GATEWAY_TF_GRPC_CLIENT=grpcio). Both map failures the same w
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, Literal
 
@@ -155,8 +154,7 @@ class GrpcTransport:
         channel, predict_block, status_block = self._h2_channel(replica.address)
         start = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
-                return await channel.unary(predict_block if method == "predict" else status_block, message)
+            return await channel.unary(predict_block if method == "predict" else status_block, message, timeout)
         except TimeoutError:
             channel.drop_if_silent(start)
             raise UpstreamTimeout(f"upstream {replica.address} timed out after {timeout:g}s") from None

@@ -161,6 +161,11 @@ class _Stream:
     data: bytearray | None = None
 
 
+def _expire(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
+
+
 class H2Connection(asyncio.Protocol):
     """One HTTP/2 client connection. Calls share it (one stream each) up to the server's limit."""
 
@@ -190,6 +195,7 @@ class H2Connection(asyncio.Protocol):
         # Set by the server's first SETTINGS: streams wait for it, so its MAX_CONCURRENT_STREAMS and
         # windows apply from the first call (else calls beyond its limit come back REFUSED_STREAM).
         self._settled = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in connection_made
         self.pings_answered = 0
         self.last_received = 0.0  # time.monotonic() of the last bytes from the server; 0: none yet
 
@@ -249,6 +255,7 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, though they provide its methods.
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()  # once: get_running_loop() costs a getpid() per use on 3.11
         self.transport.write(
             PREFACE
             + _settings({S_ENABLE_PUSH: 0, S_INITIAL_WINDOW_SIZE: RECV_WINDOW})
@@ -499,15 +506,22 @@ class H2Connection(asyncio.Protocol):
 
     # -- calls --------------------------------------------------------------------------------------
 
-    async def unary(self, block: bytes, message: bytes) -> bytes:
+    async def unary(self, block: bytes, message: bytes, deadline: float | None = None) -> bytes:
         """Send one gRPC request message on a new stream; return the answer's message bytes.
-        Raises GrpcError, StreamRefused, ConnectionLost or ProtocolError. If the caller is cancelled
-        (its timeout), the stream is reset with CANCEL so the server stops working on it."""
-        if not self._settled.is_set():
-            await self._settled.wait()
-        while self.usable and len(self._streams) >= self._max_streams:
-            self._slots_free.clear()
-            await self._slots_free.wait()
+        Raises GrpcError, StreamRefused, ConnectionLost or ProtocolError, and TimeoutError past
+        `deadline` (the loop's clock). If the call is cancelled or times out, the stream is reset with
+        CANCEL so the server stops working on it.
+
+        The deadline is a timer on the answer's future, with an asyncio.timeout_at() block only around
+        the waits a call rarely has (the server's first SETTINGS, a free stream, flow-control window):
+        a block around every call cost the gateway measurable time per request (see http1.py)."""
+        if not self._settled.is_set() or (self.usable and len(self._streams) >= self._max_streams):
+            async with asyncio.timeout_at(deadline):
+                if not self._settled.is_set():
+                    await self._settled.wait()
+                while self.usable and len(self._streams) >= self._max_streams:
+                    self._slots_free.clear()
+                    await self._slots_free.wait()
         if not self.usable or self.transport is None:
             if isinstance(self._lost, ProtocolError):
                 raise self._lost  # not worth a retry: the next connection would fail the same way
@@ -516,11 +530,12 @@ class H2Connection(asyncio.Protocol):
             raise ProtocolError("request header block larger than one frame")  # ours is ~100 bytes
         sid = self._next_id
         self._next_id += 2
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         stream = _Stream(sid, loop.create_future(), self._peer_initial_window, asyncio.Event())
         self._streams[sid] = stream
+        timer = None if deadline is None else loop.call_at(deadline, _expire, stream.done)
         try:
-            await self._send(stream, block, message)
+            await self._send(stream, block, message, deadline)
             await stream.done
         except BaseException:
             if self._streams.pop(sid, None) is not None:  # still ours: tell the server to stop
@@ -529,9 +544,12 @@ class H2Connection(asyncio.Protocol):
             if stream.done.done() and not stream.done.cancelled():
                 stream.done.exception()  # retrieved: no "exception was never retrieved" log
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return self._message(stream)
 
-    async def _send(self, stream: _Stream, block: bytes, message: bytes) -> None:
+    async def _send(self, stream: _Stream, block: bytes, message: bytes, deadline: float | None) -> None:
         body = b"\x00" + len(message).to_bytes(4, "big") + message
         out = [_frame(HEADERS, END_HEADERS, stream.id, block)]
         view = memoryview(body)
@@ -553,7 +571,8 @@ class H2Connection(asyncio.Protocol):
             if self._conn_send_window <= 0:
                 self._conn_blocked.add(stream)
             try:
-                await stream.window_open.wait()
+                async with asyncio.timeout_at(deadline):
+                    await stream.window_open.wait()
             finally:
                 self._conn_blocked.discard(stream)
             if stream.done.done():
@@ -615,6 +634,7 @@ class H2Channel:
         self._conn: H2Connection | None = None
         self._draining: list[H2Connection] = []  # replaced connections still finishing their calls
         self._connecting: asyncio.Future[H2Connection] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _connection(self) -> H2Connection:
         conn = self._conn
@@ -650,12 +670,19 @@ class H2Channel:
         self._draining = [c for c in self._draining if c.transport is not None and not c.transport.is_closing()]
         return conn
 
-    async def unary(self, block: bytes, message: bytes) -> bytes:
+    async def unary(self, block: bytes, message: bytes, timeout: float | None = None) -> bytes:
+        """One call; past `timeout` (seconds, connecting included) TimeoutError."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()  # once: it costs a getpid() per use on Python 3.11
+        deadline = None if timeout is None else self._loop.time() + timeout
         refused = 0
         while True:
-            conn = await self._connection()
+            conn = self._conn
+            if conn is None or not conn.usable:
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._connection()
             try:
-                return await conn.unary(block, message)
+                return await conn.unary(block, message, deadline)
             except StreamRefused:
                 # The server never started this call, so sending it again is safe: on a fresh connection
                 # after a GOAWAY, or on this one once a stream has finished (grpc's server can refuse a
@@ -664,8 +691,9 @@ class H2Channel:
                 if refused > MAX_REFUSED:
                     raise
                 if conn.usable:
-                    await conn.stream_finished()
-                    await asyncio.sleep(min(0.0005 * 2**refused, 0.05))  # while the server catches up
+                    async with asyncio.timeout_at(deadline):
+                        await conn.stream_finished()
+                        await asyncio.sleep(min(0.0005 * 2**refused, 0.05))  # while the server catches up
 
     def drop_if_silent(self, since: float) -> None:
         """After a call timed out: if the connection has received nothing at all since `since`, it may be

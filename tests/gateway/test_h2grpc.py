@@ -161,12 +161,19 @@ async def test_grpc_timeout_header_is_enforced_by_the_server(server: TestServer)
         ch.close()
 
 
-async def test_caller_timeout_cancels_the_call_on_the_server(server: TestServer) -> None:
+@pytest.mark.parametrize("how", ["timeout argument", "caller's asyncio.timeout"])
+async def test_caller_timeout_cancels_the_call_on_the_server(server: TestServer, how: str) -> None:
     ch = h2grpc.H2Channel(server.target, connect_timeout_s=2)
+    server.cancelled.clear()
     try:
+        start = time.monotonic()
         with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.3):
-                await ch.unary(block(server.target, "Slow"), b"5")
+            if how == "timeout argument":
+                await ch.unary(block(server.target, "Slow"), b"5", timeout=0.3)
+            else:
+                async with asyncio.timeout(0.3):
+                    await ch.unary(block(server.target, "Slow"), b"5")
+        assert time.monotonic() - start < 1.0
         # RST_STREAM(CANCEL) reached the server: its handler saw the call end, long before 5 s.
         assert await asyncio.to_thread(server.cancelled.wait, 3)
         assert await ch.unary(block(server.target, "Echo"), b"after") == b"after"
@@ -353,6 +360,31 @@ async def test_reset_while_waiting_for_the_connection_window() -> None:
                 with pytest.raises(h2grpc.GrpcError) as info:
                     await ch.unary(block(target, "Echo"), b"x" * 200_000)
             assert info.value.code_name == "INTERNAL"
+        finally:
+            ch.close()
+
+
+async def test_timeout_argument_covers_a_wait_for_the_window_and_resets_the_stream() -> None:
+    """A server that never opens its window (nor answers): the call stops at its timeout while still
+    sending, and the stream is reset so the server can drop what it got."""
+    resets: list[int] = []
+
+    async def peer(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(h2grpc._settings({}))  # default 64 KiB windows, never updated
+        while True:
+            ftype, _, sid, _ = await read_frame(reader)
+            if ftype == h2grpc.RST_STREAM:
+                resets.append(sid)
+
+    async with scripted_peer(peer) as (target, _):
+        ch = h2grpc.H2Channel(target, connect_timeout_s=2)
+        try:
+            start = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await ch.unary(block(target, "Echo"), b"x" * 200_000, timeout=0.3)
+            assert time.monotonic() - start < 1.0
+            await asyncio.sleep(0.1)
+            assert resets == [1]
         finally:
             ch.close()
 
