@@ -80,12 +80,10 @@ class _Upstream(asyncio.Protocol):
         self.front.close()
 
 
-class _GatewayFront(asyncio.Protocol):
-    """Modes `pool` and `serve`: the same front door, the gateway's own code behind it."""
+class _Door(asyncio.Protocol):
+    """The front door both kinds of front share: httptools parsing, a body per request, a bare answer."""
 
-    def __init__(self, gateway: Gateway, mode: str) -> None:
-        self.gateway = gateway
-        self.mode = mode
+    def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.body: list[bytes] = []
 
@@ -94,6 +92,30 @@ class _GatewayFront(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+
+    def _reply(self, status: int, content: bytes) -> None:
+        self.transport.write(
+            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (status, len(content), content)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.close()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class _GatewayFront(_Door):
+    """Modes `pool` and `serve`: the same front door, the gateway's own code behind it."""
+
+    def __init__(self, gateway: Gateway, mode: str) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.mode = mode
 
     def on_message_complete(self) -> None:
         body, self.body = b"".join(self.body), []
@@ -111,29 +133,19 @@ class _GatewayFront(asyncio.Protocol):
         except (ServingError, GatewayError) as exc:
             status, message, _ = error_for(exc)
             content = orjson.dumps({"error": message})
-        self.transport.write(
-            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (status, len(content), content)
-        )
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.transport.close()
+        self._reply(status, content)
 
 
-class _Front(asyncio.Protocol):
+class _Front(_Door):
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
-        self.parser = httptools.HttpRequestParser(self)
-        self.body: list[bytes] = []
         self.upstream: _Upstream | None = None
         self.waiting: bytes | None = None  # a body that arrived before the upstream connection
         self.request: PredictRequest | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        super().connection_made(transport)
         asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -142,9 +154,6 @@ class _Front(asyncio.Protocol):
         self.upstream = upstream
         if self.waiting is not None:
             self._forward(self.waiting)
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
 
     def on_message_complete(self) -> None:
         body, self.body = b"".join(self.body), []
@@ -173,21 +182,6 @@ class _Front(asyncio.Protocol):
             return
         _, outputs = oip.read_infer_response(body, header_length)
         self._reply(200, predict_response(self.request.format, outputs))
-
-    def _reply(self, status: int, content: bytes) -> None:
-        self.transport.write(
-            b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (status, len(content), content)
-        )
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.close()
-
-    def close(self) -> None:
-        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
