@@ -8,9 +8,11 @@ with Content-Length (chunked answers are read too), so this small client is all 
 
 Each connection is an asyncio Protocol whose answers are parsed by httptools (the C parser uvicorn
 uses) as bytes arrive, and a call awaits one future that the parser's last callback resolves. An
-earlier version read through asyncio streams (readuntil for the status line and the head, then
-readexactly for the body): each of those is a coroutine step and a wake-up of its own, and the stream
-layer cost the gateway measurable time per call on a 2-vCPU VM.
+earlier version read through asyncio streams with a hand-written parser; measured side by side on the
+gateway's side the two cost the same (docs/benchmarks.md), and this one is a real parser: interim
+100 answers, bodies delimited by the connection's close, and anything that is not HTTP/1.1 refused.
+The call's time limit is one timer on that future (see `request`), which did measure: 0.07-0.11 ms
+of p50 per call against an asyncio.timeout() block.
 """
 
 from __future__ import annotations
