@@ -12,11 +12,13 @@ from gateway.access_log import AccessLog
 from gateway.api import backends, classify, compare, health, predict
 from gateway.errors import install_handlers
 from gateway.fastpath import PredictFastPath
+from gateway.loadtest.api import RUN_ID
 from gateway.loadtest.api import build_router as build_loadtest_router
 from gateway.metrics import Metrics
 from gateway.middleware import GatewayMiddleware
 from gateway.service import Gateway
 from gateway.settings import Settings
+from serving_core import openapi
 
 
 class GatewayApp(FastAPI):
@@ -89,4 +91,17 @@ def create_app(settings: Settings | None = None, *, predict_fast_path: bool = Tr
     app.include_router(loadtests)  # /v1/loadtests (gateway/loadtest/api.py)
     # Exception handlers: every error leaves as {"error": ...} with its status.
     install_handlers(app)
+    # The OpenAPI document: error answers and bodies as served, limits from these settings.
+    openapi.finish(
+        app,
+        path_params={
+            "model": openapi.served_model(settings.model_name),
+            "version": openapi.VERSION_PARAM,
+            "run_id": {"type": "string", "pattern": RUN_ID.pattern},
+        },
+        schemas={
+            "PredictRequest": openapi.predict_body_schema(settings.max_batch_size),
+            "PredictResponse": openapi.predict_response_schema(),
+        },
+    )
     return app

@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from serving_core.errors import ServingError
+from serving_core.routes import error_headers
 
 log = logging.getLogger("gateway")
 
@@ -135,9 +136,10 @@ def install_handlers(app: FastAPI) -> None:
         assert mapped is not None
         return error_response(*mapped)
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        headers = error_headers(request, exc.status_code, getattr(exc, "headers", None))
+        return error_response(exc.status_code, str(exc.detail), headers)
 
     async def validation_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -105,9 +105,10 @@ class Gateway:
 
 
 def backend_choice(query: str | None, header: str | None) -> Backend | None:
+    """`?backend=` over `X-Backend`, else None (the default). Both are checked when both are sent: a
+    wrong header is the client's mistake even where the query overrides it."""
+    for source, value in (("?backend=", query), ("X-Backend", header)):
+        if value and value not in BACKENDS:
+            raise InvalidInput(f"unknown backend {value!r} in {source}: choose one of {', '.join(BACKENDS)}")
     choice = query or header
-    if choice is None or choice == "":
-        return None
-    if choice not in BACKENDS:
-        raise InvalidInput(f"unknown backend {choice!r}: choose one of {', '.join(BACKENDS)}")
-    return choice
+    return choice or None  # type: ignore[return-value]  # checked above: one of BACKENDS

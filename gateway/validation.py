@@ -16,13 +16,16 @@ __all__ = ["PredictRequest", "RequestFormat", "encode_predict_body", "from_image
 
 
 def parse_predict(body: bytes, max_batch_size: int) -> PredictRequest:
-    """Body bytes -> validated float32 [N, 28, 28, 1] batch; raises serving_core InvalidArgument."""
-    return parse_predict_body(body, max_batch_size=max_batch_size)
+    """Body bytes -> validated float32 [N, 28, 28, 1] batch; raises serving_core InvalidArgument.
+
+    Values must lie in the contract's range: a real TF Serving behind the gateway would accept any
+    finite value and answer garbage (or NaN) for them, as the compat server does."""
+    return parse_predict_body(body, max_batch_size=max_batch_size, value_range=contract.INPUT_RANGE)
 
 
 def from_images(images: np.ndarray, fmt: RequestFormat = "row") -> PredictRequest:
     """A request the gateway builds itself (classify)."""
-    return PredictRequest(fmt, contract.SIGNATURE_NAME, validate_images(images))
+    return PredictRequest(fmt, contract.SIGNATURE_NAME, validate_images(images, value_range=contract.INPUT_RANGE))
 
 
 def encode_predict_body(req: PredictRequest) -> bytes:

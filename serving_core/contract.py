@@ -8,6 +8,9 @@ MODEL_NAME = "cnn"
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"
 INSTANCE_SHAPE = (28, 28, 1)  # NHWC without the batch dimension
+# The model's input values (pixels scaled to [0, 1]). Far outside it the network's arithmetic overflows:
+# at 3e38 torch answered NaN probabilities (JSON null) and TensorFlow a uniform guess.
+INPUT_RANGE = (0.0, 1.0)
 NUM_CLASSES = 10
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_CLASSES = "classes"

@@ -86,7 +86,11 @@ def _wants_binary(params: object, key: str, where: str) -> bool:
 
 
 def parse_infer_body(
-    body: bytes, *, header_length: str | None = None, max_batch_size: int | None = None
+    body: bytes,
+    *,
+    header_length: str | None = None,
+    max_batch_size: int | None = None,
+    value_range: tuple[float, float] | None = None,
 ) -> InferRequest:
     """Validate an OIP inference request for this model; InvalidArgument names what to fix."""
     if not body:
@@ -149,7 +153,7 @@ def parse_infer_body(
         if arr.ndim > 1 and list(arr.shape) != shape:
             raise InvalidArgument(f"Input '{name}' nested data has shape {list(arr.shape)}, but 'shape' says {shape}")
         arr = arr.reshape(shape)
-    images = validate_images(arr, max_batch_size)
+    images = validate_images(arr, max_batch_size, value_range)
     all_binary = _wants_binary(doc.get("parameters"), "binary_data_output", "Request")
     wanted = doc.get("outputs")
     names: tuple[str, ...] = contract.OUTPUT_NAMES

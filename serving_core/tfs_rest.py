@@ -154,16 +154,34 @@ def check_batch_shape(shape: tuple[int, ...] | list[int]) -> None:
         )
 
 
-def validate_images(arr: np.ndarray, max_batch_size: int | None = None) -> np.ndarray:
-    """Check rank, shape, batch size and finiteness of a batch; returns it as contiguous float32."""
+def validate_images(
+    arr: np.ndarray, max_batch_size: int | None = None, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Check rank, shape, batch size and finiteness (and with `value_range`, the values) of a batch;
+    returns it as contiguous float32.
+
+    `value_range` is the model contract's (contract.INPUT_RANGE), enforced by the gateway and
+    torch_service. The compat server, like TensorFlow Serving, passes None: any finite value."""
     check_batch_shape(arr.shape)
     if arr.shape[0] == 0:
         raise InvalidArgument("Request has no instances: send at least one [28, 28, 1] image")
     if max_batch_size is not None and arr.shape[0] > max_batch_size:
         # TF Serving's batcher's wording, which both backends use too: one message whoever rejects it.
         raise InvalidArgument(f"Task size {arr.shape[0]} is larger than maximum input batch size {max_batch_size}")
-    if not np.isfinite(arr).all():
-        raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values")
+    if value_range is None:
+        if not np.isfinite(arr).all():
+            raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values")
+    else:
+        lo, hi = value_range
+        least, most = float(arr.min()), float(arr.max())
+        if not (lo <= least and most <= hi):  # NaN compares false: caught here too, then named below
+            if not np.isfinite(arr).all():
+                raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values")
+            hint = "; 0-255 pixel values must be divided by 255" if least >= 0 and most <= 255 else ""
+            raise InvalidArgument(
+                f"Input '{contract.INPUT_NAME}' values must lie in [{lo:g}, {hi:g}] (pixels scaled to [0, 1]); "
+                f"got values from {least:g} to {most:g}{hint}"
+            )
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -193,7 +211,9 @@ def _skeleton(shape: tuple[int, ...]) -> bytes:
 _INSTANCE_SKELETON = _skeleton(contract.INSTANCE_SHAPE)
 
 
-def _fast_parse(body: bytes, max_batch_size: int | None) -> PredictRequest | None:
+def _fast_parse(
+    body: bytes, max_batch_size: int | None, value_range: tuple[float, float] | None = None
+) -> PredictRequest | None:
     m = _FAST_HEAD.match(body)
     if m is None:
         return None
@@ -215,12 +235,14 @@ def _fast_parse(body: bytes, max_batch_size: int | None) -> PredictRequest | Non
         return None
     fmt: RequestFormat = "row" if m.group(1) == b"instances" else "columnar"
     images = arr.reshape((n, *contract.INSTANCE_SHAPE))
-    return PredictRequest(fmt, contract.SIGNATURE_NAME, validate_images(images, max_batch_size))
+    return PredictRequest(fmt, contract.SIGNATURE_NAME, validate_images(images, max_batch_size, value_range))
 
 
-def parse_predict_body(body: bytes, *, max_batch_size: int | None = None) -> PredictRequest:
+def parse_predict_body(
+    body: bytes, *, max_batch_size: int | None = None, value_range: tuple[float, float] | None = None
+) -> PredictRequest:
     """Parse and validate a `:predict` body in row (`instances`) or columnar (`inputs`) format."""
-    fast = _fast_parse(body, max_batch_size)
+    fast = _fast_parse(body, max_batch_size, value_range)
     if fast is not None:
         return fast
     if not body:
@@ -263,7 +285,7 @@ def parse_predict_body(body: bytes, *, max_batch_size: int | None = None) -> Pre
         arr = to_float32_array(inputs, "'inputs'", raw=body)
     else:
         raise InvalidArgument("Missing 'instances' or 'inputs' key in request body")
-    return PredictRequest(fmt, signature, validate_images(arr, max_batch_size))
+    return PredictRequest(fmt, signature, validate_images(arr, max_batch_size, value_range))
 
 
 def predict_response(fmt: RequestFormat, outputs: dict[str, np.ndarray]) -> bytes:

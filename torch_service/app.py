@@ -9,8 +9,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
+from serving_core import openapi
 from torch_service import __version__
 from torch_service.errors import install_exception_handlers
 from torch_service.middleware import ServingMiddleware
@@ -36,7 +37,7 @@ def _lifespan(runtime: ModelRuntime) -> Callable[[FastAPI], AbstractAsyncContext
 
 
 def _add_operational_routes(app: FastAPI) -> None:
-    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["Operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         rt: ModelRuntime = request.app.state.runtime
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -68,4 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_operational_routes(app)
     _add_hot_paths(app)
     install_exception_handlers(app)
+    # The OpenAPI document: error answers and bodies as served, the batch cap from this runtime.
+    openapi.finish(
+        app,
+        path_params={"name": openapi.served_model(settings.model_name), "version": openapi.VERSION_PARAM},
+        schemas={
+            "PredictRequest": openapi.predict_body_schema(runtime.sched.request_limit),
+            "PredictResponse": openapi.predict_response_schema(),
+        },
+    )
     return app

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from serving_core.errors import ServingError, Unavailable
+from serving_core.routes import error_headers
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,10 @@ async def _serving_error(_: Request, exc: Exception) -> Response:
     return error_response(exc.http_status, exc.message, headers)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, str(exc.detail), dict(exc.headers) if exc.headers else None)
+    headers = error_headers(request, exc.status_code, dict(exc.headers) if exc.headers else None)
+    return error_response(exc.status_code, str(exc.detail), headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:

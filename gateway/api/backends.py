@@ -7,11 +7,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.deps import gateway, log_info
+from serving_core.openapi import errors
 
 router = APIRouter(tags=["backends"])
 
 
-@router.get("/v1/backends", summary="Backends, replicas, health and recent latency")
+@router.get("/v1/backends", summary="Backends, replicas, health and recent latency", responses=errors(401))
 async def backends(request: Request) -> Response:
     log_info(request)["endpoint"] = "backends"
     gw = gateway(request)

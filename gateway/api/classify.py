@@ -14,6 +14,7 @@ from gateway.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from gateway.imaging import preprocess
 from gateway.validation import from_images
 from serving_core.contract import OUTPUT_PROBABILITIES
+from serving_core.openapi import errors
 
 router = APIRouter(tags=["classify"])
 
@@ -44,6 +45,50 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
     summary="Classify a picture of a digit",
     description="Body: a PNG or JPEG (raw, with an image content type) or multipart/form-data field `file`. "
     "Any size and polarity: it is converted to the 28x28 MNIST layout first. `?backend=torch|tf`.",
+    responses={
+        200: {"description": "The label, its probability and all ten, and which backend answered."},
+        **errors(
+            400,
+            401,
+            413,
+            415,
+            422,
+            502,
+            503,
+            504,
+            descriptions={
+                400: "Not a decodable image, a multipart body without a `file` field, or an unknown backend.",
+                413: "Image larger than GATEWAY_MAX_IMAGE_BYTES or GATEWAY_MAX_IMAGE_PIXELS.",
+                422: "A well-formed image with no digit on it.",
+            },
+        ),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+            },
+        },
+        "parameters": [
+            {
+                "name": "backend",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string", "enum": ["torch", "tf"]},
+            },
+            {"name": "include_input", "in": "query", "required": False, "schema": {"type": "boolean"}},
+        ],
+    },
 )
 async def classify(request: Request) -> Response:
     info = log_info(request)

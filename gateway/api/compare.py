@@ -18,8 +18,12 @@ from gateway.errors import GatewayError
 from gateway.upstreams.pool import PredictResult
 from serving_core.contract import OUTPUT_CLASSES, OUTPUT_PROBABILITIES
 from serving_core.errors import ServingError
+from serving_core.openapi import MODEL_NAME_PARAM, VERSION_PARAM, errors, json_body, predict_example, ref
 
 router = APIRouter(tags=["compare"])
+
+_OPTIONAL_MODEL = {"type": "string", "pattern": f"^({MODEL_NAME_PARAM['pattern'][1:-1]})?$"}
+_OPTIONAL_VERSION = {"type": "string", "pattern": f"^({VERSION_PARAM['pattern'][1:-1]})?$"}
 
 
 def _failure(exc: BaseException) -> dict[str, Any]:
@@ -53,7 +57,21 @@ def agreement(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, A
     "/v1/compare",
     summary="Same input to both backends, side by side",
     description="Body: a TF Serving predict body. Optional `?version=N` and `?model=`. Answers each backend's "
-    "output (TF Serving REST shape), latency and replica, plus argmax agreement and max |p_torch - p_tf|.",
+    "output (TF Serving REST shape), latency and replica, plus argmax agreement and max |p_torch - p_tf|. "
+    "One backend failing is still a 200, with `partial: true` and that backend's error; both failing is the "
+    "worse of their two statuses, with the same document and an `error`.",
+    responses={
+        200: {"description": "Both answers side by side (or one, and why the other failed)."},
+        **errors(400, 401, 404, 413, 502, 503, 504),
+    },
+    openapi_extra={
+        **json_body(ref("PredictRequest"), "TF Serving REST predict body, sent to both backends.", predict_example()),
+        "parameters": [
+            # Empty means the default, as if absent: the served model and its latest version.
+            {"name": "model", "in": "query", "required": False, "schema": _OPTIONAL_MODEL},
+            {"name": "version", "in": "query", "required": False, "schema": _OPTIONAL_VERSION},
+        ],
+    },
 )
 async def compare(request: Request) -> Response:
     info = log_info(request)

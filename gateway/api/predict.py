@@ -16,6 +16,7 @@ from starlette.responses import Response
 from gateway.api.deps import check_model, gateway, log_info, parse_body
 from gateway.errors import BadGateway
 from gateway.service import Gateway, backend_choice
+from serving_core.openapi import errors, json_body, predict_example, ref
 
 router = APIRouter(tags=["predict"])
 
@@ -75,11 +76,52 @@ async def _predict(request: Request, model: str, version: str | None) -> Respons
     return Response(content, media_type="application/json", headers=headers)
 
 
-@router.post("/v1/models/{model}:predict", summary="Predict (latest version)", description=_DOC)
+# What the docs say about both routes (serving_core.openapi; the body schemas are built from settings).
+_ANSWER_HEADERS = {
+    "X-Backend": {"description": "The backend that answered: torch or tf.", "schema": {"type": "string"}},
+    "X-Model-Version": {"description": "The model version that answered.", "schema": {"type": "string"}},
+    "X-Upstream-Latency-Ms": {"description": "The backend call's own latency.", "schema": {"type": "string"}},
+    "X-Replica": {"description": "The replica that answered.", "schema": {"type": "string"}},
+    "X-Request-ID": {"description": "The client's X-Request-ID, or one made here.", "schema": {"type": "string"}},
+}
+_PARAMETERS = [
+    {"name": "backend", "in": "query", "required": False, "schema": {"type": "string", "enum": ["torch", "tf"]}},
+    {"name": "X-Backend", "in": "header", "required": False, "schema": {"type": "string", "enum": ["torch", "tf"]}},
+]
+_OPENAPI: dict[str, Any] = {
+    "description": _DOC,
+    "responses": {
+        200: {
+            "description": "TF Serving's predict answer, whichever backend served it.",
+            "content": {"application/json": {"schema": ref("PredictResponse")}},
+            "headers": _ANSWER_HEADERS,
+        },
+        **errors(
+            400,
+            401,
+            404,
+            413,
+            502,
+            503,
+            504,
+            descriptions={
+                400: "Invalid body (JSON, keys, shape, numbers, batch size), version or backend name; a backend's "
+                "own 4xx is passed through with its message.",
+            },
+        ),
+    },
+    "openapi_extra": {
+        **json_body(ref("PredictRequest"), "TF Serving REST predict body.", predict_example()),
+        "parameters": _PARAMETERS,
+    },
+}
+
+
+@router.post("/v1/models/{model}:predict", summary="Predict (latest version)", **_OPENAPI)
 async def predict(request: Request, model: str) -> Response:
     return await _predict(request, model, None)
 
 
-@router.post("/v1/models/{model}/versions/{version}:predict", summary="Predict (one version)", description=_DOC)
+@router.post("/v1/models/{model}/versions/{version}:predict", summary="Predict (one version)", **_OPENAPI)
 async def predict_version(request: Request, model: str, version: str) -> Response:
     return await _predict(request, model, version)

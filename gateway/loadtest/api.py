@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,6 +25,7 @@ from gateway.loadtest.report import run_folder, summary_rows, write_report
 from gateway.loadtest.runner import PreflightError, Progress, Runner
 from gateway.loadtest.scenario import Scenario
 from gateway.loadtest.targets import Endpoints, TargetError
+from serving_core.openapi import errors
 
 RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9_.-]{1,70}$")
 
@@ -240,7 +241,11 @@ class LoadTestManager:
         folder = self._folder(run_id)
         path = folder / "report.html"
         if not path.is_file():
-            raise ApiError(404, f"load test {run_id} has no report (yet)")
+            active = self._active
+            if active is not None and active.id == run_id and active.state == "running":
+                # It exists and will have one: not a 404, which would tell a client to stop looking.
+                raise ApiError(409, f"load test {run_id} is still running; its report is written when it ends")
+            raise ApiError(404, f"load test {run_id} ended without a report (see GET /v1/loadtests/{run_id})")
         return path
 
     def cancel(self, run_id: str) -> dict[str, Any]:
@@ -269,7 +274,28 @@ def build_router(settings: Any, limits: LoadTestSettings | None = None) -> APIRo
     def fail(exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
-    @router.post("", status_code=202)
+    @router.post(
+        "",
+        status_code=202,
+        summary="Start a load test",
+        description="Body: a scenario (the same YAML/JSON the CLI reads, as JSON). One run at a time; its size "
+        "is capped by GATEWAY_LOADTEST_* limits. Answers its status, with `Location` naming the run.",
+        responses=errors(
+            400,
+            401,
+            409,
+            413,
+            422,
+            descriptions={
+                400: "Body is not JSON, or the scenario exceeds a limit or names a target this gateway lacks.",
+                409: "Another load test is running.",
+                422: "Not a valid scenario: the message names the first wrong field.",
+            },
+        ),
+        openapi_extra={
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}}
+        },
+    )
     async def create(request: Request) -> Any:
         try:
             body = orjson.loads(await request.body() or b"{}")
@@ -281,25 +307,42 @@ def build_router(settings: Any, limits: LoadTestSettings | None = None) -> APIRo
             return fail(exc)
         return JSONResponse(status, status_code=202, headers={"Location": f"/v1/loadtests/{status['id']}"})
 
-    @router.get("")
+    @router.get("", summary="Load tests, newest first", responses=errors(401))
     async def list_runs() -> Any:
         return {"loadtests": manager.list()}
 
-    @router.get("/{run_id}")
+    @router.get("/{run_id}", summary="A load test's status, and its results once done", responses=errors(401, 404))
     async def get_run(run_id: str) -> Any:
         try:
             return manager.get(run_id)
         except ApiError as exc:
             return fail(exc)
 
-    @router.get("/{run_id}/report")
+    @router.get(
+        "/{run_id}/report",
+        summary="A finished load test's HTML report",
+        response_class=HTMLResponse,
+        responses=errors(
+            401,
+            404,
+            409,
+            descriptions={
+                404: "No such load test, or it ended without a report (failed or cancelled).",
+                409: "Still running: the report is written when it ends.",
+            },
+        ),
+    )
     async def get_report(run_id: str) -> Any:
         try:
             return FileResponse(manager.report(run_id), media_type="text/html")
         except ApiError as exc:
             return fail(exc)
 
-    @router.delete("/{run_id}")
+    @router.delete(
+        "/{run_id}",
+        summary="Cancel a running load test",
+        responses=errors(401, 404, 409, descriptions={409: "That load test is not running."}),
+    )
     async def cancel_run(run_id: str) -> Any:
         import asyncio
 

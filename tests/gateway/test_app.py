@@ -311,3 +311,66 @@ def test_the_fast_path_reads_backend_from_the_query_as_starlette_does(query: byt
     from gateway.fastpath import _query_backend
 
     assert _query_backend(query) == QueryParams(query).get("backend")
+
+
+def test_backend_header_is_checked_even_where_the_query_overrides_it(client: TestClient) -> None:
+    r = client.post("/v1/models/cnn:predict?backend=torch", json={"instances": IMG}, headers={"X-Backend": "7"})
+    assert r.status_code == 400 and r.json()["error"].startswith("unknown backend '7' in X-Backend")
+    r = client.post("/v1/models/cnn:predict?backend=7", json={"instances": IMG}, headers={"X-Backend": "tf"})
+    assert r.status_code == 400 and r.json()["error"].startswith("unknown backend '7' in ?backend=")
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [(255.0, "divided by 255"), (-0.5, "from -0.5 to"), (3e38, "to 3e+38")],
+)
+def test_values_outside_the_contract_range_are_400_before_any_backend(
+    client: TestClient, value: float, hint: str
+) -> None:
+    images = np.zeros((1, 28, 28, 1))
+    images[0, 3, 4, 0] = value
+    for path in ("/v1/models/cnn:predict?backend=torch", "/v1/models/cnn:predict?backend=tf", "/v1/compare"):
+        r = client.post(path, content=orjson.dumps({"instances": images.tolist()}))
+        # 400, not the 503 of the unreachable backends: refused before anything is forwarded.
+        assert r.status_code == 400, (path, r.text)
+        assert "must lie in [0, 1]" in r.json()["error"] and hint in r.json()["error"], r.text
+
+
+def test_405_allow_lists_every_method_of_the_path(client: TestClient) -> None:
+    for path, allowed in [
+        ("/v1/loadtests", "GET, POST"),
+        ("/v1/loadtests/20261128T000000Z-x", "DELETE, GET"),
+        ("/v1/models/cnn:predict", "POST"),
+        ("/metrics", "GET"),
+    ]:
+        r = client.request("PUT", path)
+        assert r.status_code == 405 and r.headers["allow"] == allowed, (path, r.headers.get("allow"))
+        assert r.json() == {"error": "Method Not Allowed"}
+
+
+def test_openapi_document_declares_the_answers_and_bodies_served(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    text = json.dumps(doc)
+    assert "HTTPValidationError" not in text  # FastAPI's 422 shape: never answered here
+    paths = doc["paths"]
+    predict = paths["/v1/models/{model}:predict"]["post"]
+    assert set(predict["responses"]) == {"200", "400", "401", "404", "413", "502", "503", "504"}
+    for code in ("400", "413", "503"):
+        assert predict["responses"][code]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"
+        }
+    body = predict["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/PredictRequest"}
+    request_schema = doc["components"]["schemas"]["PredictRequest"]
+    batch = request_schema["properties"]["instances"]["anyOf"][0]
+    assert batch["maxItems"] == 8  # this app's GATEWAY_MAX_BATCH_SIZE, not a default
+    leaf = batch["items"]["items"]["items"]["items"]
+    assert (leaf["minimum"], leaf["maximum"]) == (0.0, 1.0)
+    params = {p["name"]: p for p in predict["parameters"]}
+    assert params["model"]["schema"]["enum"] == ["cnn"] and params["backend"]["in"] == "query"
+    # Errors stay JSON on routes whose success is not.
+    report = paths["/v1/loadtests/{run_id}/report"]["get"]["responses"]
+    assert "text/html" in report["200"]["content"] and "application/json" in report["409"]["content"]
+    assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
+    classify = paths["/v1/classify"]["post"]
+    assert {"image/png", "image/jpeg", "multipart/form-data"} <= set(classify["requestBody"]["content"])

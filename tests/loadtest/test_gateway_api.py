@@ -56,6 +56,10 @@ def test_loadtest_through_the_gateway_api(fake_server, synthetic_repo, tmp_path)
             r = client.post("/v1/loadtests", json=scenario)
             assert r.status_code == 202, r.text
             run_id = r.json()["id"]
+            # Still running: its report is not there yet, and that is a 409 (not a 404, which would say
+            # there will never be one).
+            early = client.get(f"/v1/loadtests/{run_id}/report")
+            assert early.status_code == 409 and "still running" in early.json()["error"], early.text
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 st = client.get(f"/v1/loadtests/{run_id}").json()

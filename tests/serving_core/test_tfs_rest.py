@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import orjson
 import pytest
 
+from serving_core import contract
 from serving_core.errors import InvalidArgument, NotFound
 from serving_core.tfs_rest import (
     model_metadata_json,
@@ -16,6 +18,7 @@ from serving_core.tfs_rest import (
     parse_predict_response,
     parse_version,
     predict_response,
+    validate_images,
 )
 
 IMG = np.linspace(0, 1, 784, dtype=np.float32).reshape(28, 28, 1)
@@ -247,3 +250,37 @@ def test_versions_are_positive_ascii_integers(text: str) -> None:
 def test_version_parses() -> None:
     assert parse_version("7") == 7
     assert parse_version("9223372036854775807") == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("first_leaf", "needle"),
+    [
+        ("[255]", "got values from 0.25 to 255; 0-255 pixel values must be divided by 255"),
+        ("[-0.5]", "got values from -0.5 to 0.25"),
+        ("[3e38]", "got values from 0.25 to 3e+38"),
+        ("[1.0000001]", "must lie in [0, 1]"),
+    ],
+)
+def test_contract_range_is_enforced_only_when_asked_alike_on_both_parse_paths(first_leaf: str, needle: str) -> None:
+    from serving_core.tfs_rest import _fast_parse
+
+    body = _one_image_body(first_leaf)
+    # Without a range (the compat server, like TF Serving): any finite value.
+    assert parse_predict_body(body).images.shape == (1, 28, 28, 1)
+    with pytest.raises(InvalidArgument, match=re.escape(needle)):
+        parse_predict_body(body, value_range=contract.INPUT_RANGE)
+    with pytest.raises(InvalidArgument, match=re.escape(needle)):
+        _fast_parse(body, None, contract.INPUT_RANGE)  # the fast path applies it too, not only the general one
+    # Objects take the general path: same rule, same message.
+    doc = orjson.loads(body)
+    general = orjson.dumps({"instances": [{"images": doc["instances"][0]}]})
+    with pytest.raises(InvalidArgument, match=re.escape(needle)):
+        parse_predict_body(general, value_range=contract.INPUT_RANGE)
+    assert parse_predict_body(_one_image_body("[1.0]"), value_range=contract.INPUT_RANGE).images.max() == 1.0
+
+
+def test_nan_is_named_as_such_under_a_range() -> None:
+    arr = np.full((1, 28, 28, 1), 0.5, dtype=np.float32)
+    arr[0, 0, 0, 0] = np.nan
+    with pytest.raises(InvalidArgument, match="NaN or infinite"):
+        validate_images(arr, value_range=contract.INPUT_RANGE)

@@ -372,3 +372,15 @@ async def test_client_gone_mid_body_is_cancelled_not_internal(repo: Path) -> Non
         assert 'status="INTERNAL"' not in text
     finally:
         reg.stop()
+
+
+async def test_values_outside_0_1_are_accepted_as_tf_serving_does(client: httpx.AsyncClient) -> None:
+    # TF Serving checks no value range; the stand-in does not either (the gateway and torch_service
+    # enforce the contract's [0, 1]). A 0-255 image is served, with a finite (if meaningless) answer.
+    images = np.full((1, 28, 28, 1), 255.0).tolist()
+    r = await client.post("/v1/models/cnn:predict", json={"instances": images})
+    assert r.status_code == 200, r.text
+    probs = np.asarray(r.json()["predictions"][0]["probabilities"], dtype=np.float64)
+    assert probs.shape == (10,) and np.isfinite(probs).all()
+    r = await client.put("/v1/models/cnn")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"

@@ -114,6 +114,9 @@ def test_columnar_and_signature_name(client: httpx.Client, golden: dict[str, np.
         (b'{"instancez": []}', 400, "Unknown key"),
         (b'{"signature_name": "other", "instances": [[1]]}', 400, "not found in signature def"),
         (b'{"inputs": {"pixels": [[1]]}}', 400, "Unknown input name"),
+        # The contract's [0, 1]: 0-255 pixels get a hint, and 3e38 (NaN probabilities once) is refused.
+        (b'{"instances": [' + str([[[255.0]] * 28] * 28).encode() + b"]}", 400, "divided by 255"),
+        (b'{"instances": [' + str([[[3e38]] * 28] * 28).encode() + b"]}", 400, "must lie in [0, 1]"),
     ],
 )
 def test_bad_predict_bodies_are_400_and_service_keeps_serving(
@@ -205,7 +208,7 @@ def test_v2_health_and_metadata(client: httpx.Client) -> None:
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2/models/cnn/ready").json() == {"name": "cnn", "ready": True}
     assert client.get("/v2/models/cnn/versions/1/ready").status_code == 200
-    assert client.get("/v2/models/cnn/versions/9/ready").status_code == 503
+    assert client.get("/v2/models/cnn/versions/9/ready").status_code == 404  # no such version: absent, not unready
     meta = client.get("/v2/models/cnn").json()
     assert meta["name"] == "cnn" and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
@@ -255,6 +258,7 @@ def _infer_body(**tensor: object) -> dict:
         ({"inputs": []}, "non-empty"),
         ({"inputs": [_infer_body()["inputs"][0]] * 2}, "exactly one"),
         ({**_infer_body(), "outputs": [{"name": "logits"}]}, "Unknown output"),
+        (_infer_body(data=[-1.0] * 784), "must lie in [0, 1]"),
     ],
 )
 def test_v2_infer_errors(client: httpx.Client, body: dict, needle: str) -> None:

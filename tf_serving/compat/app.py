@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from serving_core import tfs_rest
 from serving_core.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, PayloadTooLarge, ServingError
+from serving_core.routes import error_headers
 from tf_serving.compat.model import ModelRegistry
 from tf_serving.compat.settings import Settings, load_server_config
 
@@ -150,7 +151,9 @@ def _add_exception_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Unknown paths and wrong methods answer in TF Serving's error shape too.
         return JSONResponse(
-            {"error": f"{exc.detail}: {request.method} {request.url.path}"}, status_code=exc.status_code
+            {"error": f"{exc.detail}: {request.method} {request.url.path}"},
+            status_code=exc.status_code,
+            headers=error_headers(request, exc.status_code, dict(exc.headers) if exc.headers else None),
         )
 
     @app.exception_handler(Exception)

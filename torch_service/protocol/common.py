@@ -10,6 +10,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serving_core import openapi
 from torch_service.runtime import ModelRuntime
 
 T = TypeVar("T")
@@ -36,12 +37,13 @@ async def parse(body: bytes, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     return fn(body, *args, **kwargs)
 
 
-# Schema for the OpenAPI docs only; the handlers read raw bytes (no pydantic on the hot path).
-def json_body_doc(example: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "description": description,
-            "content": {"application/json": {"schema": {"type": "object"}, "example": example}},
-        }
-    }
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's documented error answers, in this server's words (serving_core.openapi)."""
+    return openapi.errors(
+        *codes,
+        descriptions={
+            400: "Invalid request: the message says which part (body, shape, values, version); TF Serving's wording.",
+            503: "No version of the model is loaded yet, or the batch queue is full (with Retry-After).",
+            504: "Inference took longer than TORCH_SERVICE_REQUEST_TIMEOUT_S.",
+        },
+    )

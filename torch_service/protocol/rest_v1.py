@@ -6,12 +6,14 @@ one accept, reject and answer byte for byte alike.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving_core import contract
+from serving_core import contract, openapi
 from serving_core.errors import InvalidArgument, NotFound
 from serving_core.tfs_rest import (
     model_metadata_json,
@@ -20,19 +22,45 @@ from serving_core.tfs_rest import (
     parse_predict_body,
     predict_response,
 )
-from torch_service.protocol.common import json_body_doc, json_response, parse, runtime
+from torch_service.protocol.common import errors, json_response, parse, runtime
 
 router = APIRouter(tags=["TensorFlow Serving REST API (v1)"])
 
-_PREDICT_DOC = json_body_doc(
-    {"signature_name": "serving_default", "instances": [[[[0.0]] * 28] * 28]},
-    'Row format `{"instances": [...]}` or columnar `{"inputs": ...}`; each instance is a [28, 28, 1] image.',
-)
+_NAME = r"[A-Za-z0-9_.-]{1,128}(/versions/[1-9][0-9]{0,17})?"
+
+
+def _model_path_param(pattern: str, description: str) -> dict[str, Any]:
+    # Declared here: the handlers read the path themselves (TF Serving's URL grammar, parse_model_path).
+    schema = {"type": "string", "pattern": pattern}
+    return {
+        "parameters": [
+            {"name": "model_path", "in": "path", "required": True, "description": description, "schema": schema}
+        ]
+    }
+
+
+_PREDICT_DOC = {
+    **openapi.json_body(
+        openapi.ref("PredictRequest"),
+        'Row format `{"instances": [...]}` or columnar `{"inputs": ...}`; each instance is a [28, 28, 1] image.',
+        openapi.predict_example(),
+    ),
+    **_model_path_param(f"^{_NAME}:predict$", "`cnn:predict` or `cnn/versions/N:predict`"),
+}
+_PREDICT_RESPONSES = {
+    200: {
+        "description": "TF Serving's predict answer",
+        "content": {"application/json": {"schema": openapi.ref("PredictResponse")}},
+    },
+    **errors(400, 404, 413, 503, 504),
+}
 
 
 @router.get(
     "/v1/models/{model_path:path}",
     summary="Model status (`/v1/models/cnn[/versions/N]`) or metadata (`.../metadata`)",
+    responses=errors(400, 404),
+    openapi_extra=_model_path_param(f"^{_NAME}(/metadata)?$", "`cnn`, `cnn/versions/N`, or either with `/metadata`"),
 )
 async def v1_get(request: Request) -> Response:
     rt = runtime(request)
@@ -54,6 +82,7 @@ async def v1_get(request: Request) -> Response:
     "/v1/models/{model_path:path}",
     summary="Predict: `/v1/models/cnn[/versions/N]:predict`",
     openapi_extra=_PREDICT_DOC,
+    responses=_PREDICT_RESPONSES,
 )
 async def v1_post(request: Request) -> Response:
     rt = runtime(request)
@@ -71,7 +100,7 @@ async def v1_post(request: Request) -> Response:
         )
     rt.manager.resolve(mp.version)  # unknown version: 404 before the body is even parsed, as TF Serving does
     body = await request.body()
-    req = await parse(body, parse_predict_body, max_batch_size=rt.sched.request_limit)
+    req = await parse(body, parse_predict_body, max_batch_size=rt.sched.request_limit, value_range=contract.INPUT_RANGE)
     _, outputs = await rt.predict(mp.version, req.images)
     return Response(predict_response(req.format, outputs), media_type="application/json")
 
