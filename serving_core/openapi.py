@@ -158,7 +158,7 @@ def served_model(name: str) -> dict[str, Any]:
     return {"type": "string", "enum": [name], "description": "The served model's name."}
 
 
-# Canonical form; leading zeros are accepted too ("01" is version 1), as TF Serving's own parser does.
+# Canonical form; the servers also accept leading zeros ("01" is version 1: serving_core.tfs_rest.parse_version).
 VERSION_PARAM = {"type": "string", "pattern": "^[1-9][0-9]{0,17}$", "description": "A positive integer."}
 
 

@@ -177,7 +177,8 @@ def validate_images(
         if not (lo <= least and most <= hi):  # NaN compares false: caught here too, then named below
             if not np.isfinite(arr).all():
                 raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values")
-            hint = "; 0-255 pixel values must be divided by 255" if least >= 0 and most <= 255 else ""
+            looks_8bit = least >= 0 and 2 <= most <= 255  # raw pixel values, the classic slip
+            hint = "; 0-255 pixel values must be divided by 255" if looks_8bit else ""
             raise InvalidArgument(
                 f"Input '{contract.INPUT_NAME}' values must lie in [{lo:g}, {hi:g}] (pixels scaled to [0, 1]); "
                 f"got values from {least:g} to {most:g}{hint}"
