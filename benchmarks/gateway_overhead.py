@@ -52,6 +52,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -191,14 +192,15 @@ def start_stack(
     return procs, urls
 
 
-async def wait_ready(gateway: str, backends: list[str], timeout: float = 120) -> str:
-    """Wait until the gateway has every backend in `backends` ready; returns its TF upstream protocol."""
+async def wait_ready(gateway: str, backends: list[str], timeout: float = 120) -> dict[str, Any]:
+    """Wait until the gateway has every backend in `backends` ready; returns its `/v1/backends` view of
+    them (upstream protocol and wire per backend: a gateway given by URL says how it is configured)."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient() as c:
         while time.monotonic() < deadline:
-            doc = (await c.get(f"{gateway}/v1/backends")).json()["backends"]
+            doc: dict[str, Any] = (await c.get(f"{gateway}/v1/backends")).json()["backends"]
             if all(doc[b]["ready"] for b in backends):
-                return str(doc["tf"]["protocol"])
+                return doc
             await asyncio.sleep(0.3)
     raise TimeoutError(f"gateway {gateway} never saw {' and '.join(backends)} ready")
 
@@ -293,7 +295,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def measure(
-    urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[str, int], tf_protocols: dict[str, str]
+    urls: dict[str, str], args: argparse.Namespace, gw_pids: dict[str, int], views: dict[str, dict[str, Any]]
 ) -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
     body = orjson.dumps(
@@ -323,12 +325,15 @@ async def measure(
         if name in pools:
             calls[f"{name}?{backend}"] = http_call(pools[name], f"{predict}?backend={backend}", body)
             targets[f"{name}?{backend}"] = f"{urls[name]}{predict}?backend={backend}"
-    upstream = "gRPC" if tf_protocols.get("gateway", "grpc") == "grpc" else "REST"
+    main_view = views.get("gateway", {})
+    upstream = "gRPC" if main_view.get("tf", {}).get("protocol", "grpc") == "grpc" else "REST"
+    wire = "JSON" if main_view.get("torch", {}).get("wire") == "json" else "binary"
     # case -> (direct call, call through the front, the front's process for its CPU time)
     cases = {
-        "torch (REST, binary)": ("torch", "gateway?torch", "gateway"),
-        # The client's JSON forwarded as sent (GATEWAY_TORCH_WIRE=json): torch_service parses it again.
-        "torch (REST, JSON)": ("torch", "gateway_json?torch", "gateway_json"),
+        f"torch (REST, {wire})": ("torch", "gateway?torch", "gateway"),
+        # The client's JSON forwarded as sent (GATEWAY_TORCH_WIRE=json): torch_service parses it again. A
+        # gateway given by --gateway-url that uses that wire is the row above, under this same name.
+        **({"torch (REST, JSON)": ("torch", "gateway_json?torch", "gateway_json")} if wire != "JSON" else {}),
         f"tf ({upstream}) vs direct REST": ("tf", "gateway?tf", "gateway"),
         f"tf ({upstream}) vs direct gRPC": ("tf_grpc", "gateway?tf", "gateway"),
         "tf (REST)": ("tf", "gateway_json?tf", "gateway_json"),
@@ -570,11 +575,11 @@ def main() -> int:
             procs, urls = start_stack(
                 repo, log_dir, args.access_log, args.backends, args.torch_device, args.callback_front
             )
-        tf_protocols: dict[str, str] = {}
+        views: dict[str, dict[str, Any]] = {}
         for name in ("gateway", "gateway_json", "gateway_grpcio"):
             if name in urls:
                 wanted: list[str] = [b for b in ("torch", "tf") if b in urls or (b == "tf" and "tf_grpc" in urls)]
-                tf_protocols[name] = asyncio.run(wait_ready(urls[name], wanted or ["torch"]))
+                views[name] = asyncio.run(wait_ready(urls[name], wanted or ["torch"]))
         print(
             f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
             f"{platform.processor() or platform.machine()}, "
@@ -587,7 +592,7 @@ def main() -> int:
         gw_pids = {
             p.name: p.proc.pid for p in procs if p.name.startswith(("gateway", "relay", "callback_front")) and p.proc
         }
-        rows = uvloop.run(measure(urls, args, gw_pids, tf_protocols))
+        rows = uvloop.run(measure(urls, args, gw_pids, views))
         print()
         print(markdown(rows, args))
     finally:
