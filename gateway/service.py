@@ -107,8 +107,8 @@ class Gateway:
 def backend_choice(query: str | None, header: str | None) -> Backend | None:
     """`?backend=` over `X-Backend`, else None (the default). Both are checked when both are sent: a
     wrong header is the client's mistake even where the query overrides it."""
-    for source, value in (("?backend=", query), ("X-Backend", header)):
-        if value and value not in BACKENDS:
-            raise InvalidInput(f"unknown backend {value!r} in {source}: choose one of {', '.join(BACKENDS)}")
-    choice = query or header
-    return choice or None  # type: ignore[return-value]  # checked above: one of BACKENDS
+    if query and query not in BACKENDS:
+        raise InvalidInput(f"unknown backend {query!r} in ?backend=: choose one of {', '.join(BACKENDS)}")
+    if header and header not in BACKENDS:
+        raise InvalidInput(f"unknown backend {header!r} in X-Backend: choose one of {', '.join(BACKENDS)}")
+    return query or header or None  # narrowed by the checks above: one of BACKENDS, or None
