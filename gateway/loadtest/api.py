@@ -134,10 +134,18 @@ class LoadTestManager:
         with self._lock:
             if self._active is not None and self._active.state == "running":
                 raise ApiError(409, f"load test {self._active.id} is running; one at a time")
-            folder = run_folder(self.reports_dir, sc.name)
-            run = _Run(folder.name, folder, sc)
+            try:
+                folder = run_folder(self.reports_dir, sc.name)
+                run = _Run(folder.name, folder, sc)
+                self._write_status(run)
+            except OSError as exc:
+                # A deployment problem, not the caller's: say which folder and which setting.
+                raise ApiError(
+                    503,
+                    f"load tests cannot write their results under {self.reports_dir}: "
+                    f"{exc.strerror or exc}; set GATEWAY_LOADTEST_REPORTS_DIR to a folder the gateway can write",
+                ) from None
             self._active = run
-            self._write_status(run)
             run.thread = threading.Thread(target=self._execute, args=(run,), name=f"loadtest-{run.id}", daemon=True)
             run.thread.start()
         return self._status_of(run)
@@ -286,10 +294,12 @@ def build_router(settings: Any, limits: LoadTestSettings | None = None) -> APIRo
             409,
             413,
             422,
+            503,
             descriptions={
                 400: "Body is not JSON, or the scenario exceeds a limit or names a target this gateway lacks.",
                 409: "Another load test is running.",
                 422: "Not a valid scenario: the message names the first wrong field.",
+                503: "The gateway cannot write to its reports folder (GATEWAY_LOADTEST_REPORTS_DIR).",
             },
         ),
         openapi_extra={

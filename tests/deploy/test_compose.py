@@ -136,6 +136,23 @@ def test_model_repository_is_the_models_volume(compose: dict[str, Any], services
         assert "models:/models:ro" in services[name]["volumes"], name
 
 
+def test_gateway_load_tests_write_where_its_user_may(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    # /v1/loadtests writes one folder per run under GATEWAY_LOADTEST_REPORTS_DIR. The image runs as a
+    # non-root uid that owns only the folder its Dockerfile creates; a host bind mount there would belong
+    # to the host user (answered 503), so it must be a named volume, which Docker creates with the
+    # image folder's owner.
+    gw = services["gateway"]
+    reports = gw["environment"]["GATEWAY_LOADTEST_REPORTS_DIR"]
+    named = {v.split(":")[0]: v.split(":")[1] for v in gw["volumes"] if not v.startswith((".", "/"))}
+    assert reports in named.values() and next(k for k, t in named.items() if t == reports) in compose["volumes"]
+    df = parse_dockerfile(DOCKERFILES["gateway"])
+    text = DOCKERFILES["gateway"].read_text()
+    assert re.search(rf"mkdir -p {re.escape(reports)} && chown {re.escape(df.users[-1])} {re.escape(reports)}", text)
+    assert f"GATEWAY_LOADTEST_REPORTS_DIR={reports}" in text  # also for a plain `docker run`
+    # Its bodies come from the published model's golden set, as the loadtest service's do.
+    assert "models:/models:ro" in gw["volumes"] and gw["environment"]["MODEL_REPOSITORY"] == "/models"
+
+
 def test_every_bind_mount_and_build_path_exists(services: dict[str, Any]) -> None:
     for name, svc in services.items():
         for source, _ in bind_mounts(svc):

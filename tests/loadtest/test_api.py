@@ -76,6 +76,20 @@ async def test_limits_and_validation(tmp_path, synthetic_repo):
         assert (await client.get("/v1/loadtests")).json() == {"loadtests": []}
 
 
+async def test_unwritable_reports_folder_is_a_503_naming_the_setting(tmp_path, synthetic_repo):
+    # A regular file where the reports folder's parent should be: no user, root included, can create it
+    # (as in a container whose reports folder belongs to another uid).
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    app, manager = _app("http://127.0.0.1:9", "http://127.0.0.1:9", blocker / "reports")
+    async with _client(app) as client:
+        r = await client.post("/v1/loadtests", json=SMALL)
+        assert r.status_code == 503
+        assert "GATEWAY_LOADTEST_REPORTS_DIR" in r.json()["error"] and str(blocker) in r.json()["error"]
+        assert manager._active is None  # nothing half-started blocks a later run
+        assert (await client.get("/v1/loadtests")).json() == {"loadtests": []}
+
+
 async def test_run_conflict_cancel_and_persistence(tmp_path, fake_server, synthetic_repo):
     torch, tf = fake_server("--delay-ms", "2"), fake_server("--delay-ms", "4")
     reports = tmp_path / "reports"
