@@ -32,9 +32,14 @@ _MODEL_PATH = re.compile(
 _VERSION = re.compile(r"[0-9]{1,19}")
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def parse_version(text: str) -> int:
     """A model version from a URL or query: a positive integer, else InvalidArgument (400)."""
-    if _VERSION.fullmatch(text) and int(text) > 0:
+    # Versions are int64 in TF Serving's protos: a 19-digit number above that is no version either
+    # (the gateway's gRPC request could not even carry it).
+    if _VERSION.fullmatch(text) and 0 < int(text) <= _INT64_MAX:
         return int(text)
     raise InvalidArgument(f"Model version must be a positive integer, got '{text[:32]}'")
 

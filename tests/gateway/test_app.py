@@ -98,7 +98,13 @@ def test_bad_version_backend_and_json(client: TestClient) -> None:
     r = client.post("/v1/compare?version=0", json={"instances": IMG})
     assert r.status_code == 400 and "positive integer" in r.json()["error"]
     # "²" passes str.isdigit() but not int(): a 400 like any other bad version, not a 500.
-    for path in ("/v1/models/cnn/versions/%C2%B2:predict", "/v1/compare?version=%C2%B2"):
+    # Above int64 (TF Serving's version type): a 400, not a 500 from building the gRPC request.
+    for path in (
+        "/v1/models/cnn/versions/%C2%B2:predict",
+        "/v1/compare?version=%C2%B2",
+        f"/v1/models/cnn/versions/{2**63}:predict?backend=tf",
+        f"/v1/compare?version={2**63}",
+    ):
         r = client.post(path, json={"instances": IMG})
         assert r.status_code == 400 and "positive integer" in r.json()["error"], (path, r.text)
     r = client.post("/v1/models/cnn:predict", json={"instances": IMG}, headers={"X-Backend": "onnx"})

@@ -238,7 +238,9 @@ def test_fast_path_accepts_json_whitespace_around_the_tensor() -> None:
         np.testing.assert_array_equal(fast.images, _general_path(raw).images)
 
 
-@pytest.mark.parametrize("text", ["²", "1²", "٣", "0", "-1", "+1", " 1", "1" * 20, "1" * 5000, ""])
+@pytest.mark.parametrize(
+    "text", ["²", "1²", "٣", "0", "-1", "+1", " 1", "1" * 20, "1" * 5000, "", str(2**63), "9" * 19]
+)
 def test_versions_are_positive_ascii_integers(text: str) -> None:
     with pytest.raises(InvalidArgument, match="Model version must be a positive integer"):
         parse_version(text)
