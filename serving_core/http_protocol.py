@@ -17,6 +17,18 @@ when the app sends `http.response.start` and the body when it sends `http.respon
 puts each write on the socket at once: two send calls and two TCP segments per answer, and a client
 that wakes for the head only to wait again for the body. In front of another server of ours (the
 gateway before torch_service) that cost is paid once per hop.
+
+And it answers a request it cannot parse the way the apps answer everything else, with a JSON
+`{"error": ...}` (uvicorn sends a text/plain 400), after the answers it owes:
+- **A head larger than `max_head_bytes`** (64 KiB by default, twice nginx's largest header buffers) is
+  refused with 431 and the connection closed. Without a cap, a client streaming one endless header held
+  a whole server: httptools re-joins a header's partial value on every read, so the event loop's work
+  grows with the square of its size (a 64 MB header stalled the gateway for 5 s, and it then took its
+  own stall for a dead backend).
+- **A malformed request pipelined behind good ones** no longer costs them their answers. uvicorn wrote
+  its 400 and closed the connection at once, so a client got one answer, the 400, for the good request it
+  sent first; here the 400 waits until the requests before it are answered. A request whose own body is
+  malformed (a bad chunk size) is answered at once, and its app sees a disconnect.
 """
 
 from __future__ import annotations
@@ -24,9 +36,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 DEFAULT_REQUEST_READ_TIMEOUT_S = 60.0
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+# How long a refused client's remaining bytes are read and dropped before the connection closes.
+LINGER_S = 2.0
+
+
+class _HeadTooLarge(Exception):
+    """Raised from the parser's callback; httptools hands it back as the __context__ of its error."""
 
 
 class _HeadWithBodyTransport:
@@ -45,6 +66,10 @@ class _HeadWithBodyTransport:
         self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
+        if self._transport.is_closing():
+            # The request was refused and the connection closed under the app (a malformed body); what it
+            # still sends goes nowhere. uvloop would raise, and uvicorn log an ERROR for each.
+            return
         if self._held is not None:
             held, self._held = self._held, None
             self._transport.writelines((held, data))  # one send (writev), and no copy of a large body
@@ -87,6 +112,7 @@ class _HeadWithBodyTransport:
 
 class TimedHttpToolsProtocol(HttpToolsProtocol):
     request_read_timeout_s = DEFAULT_REQUEST_READ_TIMEOUT_S
+    max_head_bytes = DEFAULT_MAX_HEAD_BYTES
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,10 +121,17 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._phase: str | None = None  # "head", "body", or None (no request being read)
         self._since = 0.0  # head: when waiting for it began; body: the last read
+        # Bytes received since the current head began: a bound, counted per read, not the head's size
+        # (a read may also carry the end of the previous body); the exact size is worked out only past it.
+        self._head_seen = 0
+        # A refusal (status, message) waiting for the answers to the requests before it.
+        self._refusal: tuple[int, str] | None = None
 
     def _enter(self, phase: str) -> None:
         self._phase = phase
         self._since = self.loop.time()
+        if phase == "head":
+            self._head_seen = 0
         if self._timer is None:
             self._timer = self.loop.call_at(self._since + self.request_read_timeout_s, self._check)
 
@@ -129,8 +162,13 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
             self._enter("head")
 
     def on_headers_complete(self) -> None:
+        if self._head_seen > self.max_head_bytes and self._head_size() > self.max_head_bytes:
+            raise _HeadTooLarge  # the whole head came in one read; refused before a cycle starts
         super().on_headers_complete()
         self._enter("body")
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
@@ -141,12 +179,90 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # the parser has failed; what follows is not read (the connection closes after the 400)
         # The first bytes after an answer start the clock for the next head (idle time before them
         # is keep-alive's to limit). Stray bytes that begin no request, a blank line, stop uvicorn's
         # keep-alive timer; this clock still runs for them.
         if self._phase is None and (self.cycle is None or self.cycle.response_complete):
             self._enter("head")
-        super().data_received(data)
+        if self._phase == "head":
+            self._head_seen += len(data)
+        # uvicorn's data_received, with the parser's own reason kept for the answer.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # as uvicorn (the apps have no WebSocket route)
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__  # what a callback raised, if one did
+            if isinstance(cause, _HeadTooLarge):
+                self._refuse(431, self._head_message())
+            else:
+                detail = str(cause or exc).strip().rstrip(".") or "malformed"
+                self._refuse(400, f"Invalid HTTP request: {detail}")
+            return
+        if self._phase == "head" and self._head_seen > self.max_head_bytes:
+            self._refuse(431, self._head_message())  # still coming: refused before it grows further
+
+    def _head_message(self) -> str:
+        return f"Request header fields too large: a request head may have at most {self.max_head_bytes} bytes"
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `{"error": message}` and close, once the requests before this one have been answered."""
+        self._refusal = (status, message)
+        self._phase = None  # nothing more is read for a request: the read clock stops
+        self.logger.info("refusing a request: %s", message)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.more_body:
+            # The request whose body is being read is the malformed one: its app sees a disconnect.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.flow.pause_reading()
+        self._send_refusal_when_due()
+
+    def _send_refusal_when_due(self) -> None:
+        if self._refusal is None or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self.pipeline or (cycle is not None and not cycle.response_complete and not cycle.disconnected):
+            return  # answers are owed first; on_response_complete calls again
+        status, message = self._refusal
+        body = orjson.dumps({"error": message})
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: ",
+            str(len(body)).encode(),
+            b"\r\nconnection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        # A lingering close, as nginx's: closing with the client's bytes still unread would send a reset,
+        # which can destroy the answer before the client reads it (a client still sending its oversized
+        # head reads only once it is done). So: end our side, read and drop what still comes for a
+        # moment, then close (at once when the client closes its side: eof_received).
+        try:
+            self.transport.write_eof()
+        except (NotImplementedError, RuntimeError, OSError):
+            self.transport.close()
+            return
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's own calls (its data_received is not used here; kept for any other path): JSON as well.
+        self._refuse(400, msg)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._refusal is not None:
+            self._send_refusal_when_due()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = None
@@ -156,10 +272,12 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
-def timed_protocol(request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S) -> type[TimedHttpToolsProtocol]:
-    """The protocol class to give uvicorn as `http=`, with its own time limit."""
+def timed_protocol(
+    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+) -> type[TimedHttpToolsProtocol]:
+    """The protocol class to give uvicorn as `http=`, with its own limits."""
     return type(
         "TimedHttpToolsProtocol",
         (TimedHttpToolsProtocol,),
-        {"request_read_timeout_s": request_read_timeout_s},
+        {"request_read_timeout_s": request_read_timeout_s, "max_head_bytes": max_head_bytes},
     )

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import uvicorn
 
@@ -139,4 +140,121 @@ async def test_a_slow_but_steady_body_is_not_cut(server: tuple[int, App]) -> Non
         await asyncio.sleep(LIMIT_S / 4)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 200") and app.disconnects == 0
+    writer.close()
+
+
+# --- requests that cannot be parsed: JSON errors, a cap on the head, answers owed first ---------------
+
+
+async def _answers_until_closed(reader: asyncio.StreamReader, seconds: float = 10) -> list[tuple[int, bytes, bytes]]:
+    """Every answer on the connection until the server closes it: (status, head, body)."""
+    out = []
+    async with asyncio.timeout(seconds):
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                assert exc.partial == b"", exc.partial  # nothing half-sent
+                return out
+            lines = head.lower().split(b"\r\n")
+            length = int(next(ln.split(b":")[1] for ln in lines if ln.startswith(b"content-length")))
+            out.append((int(head.split(b" ")[1]), head, await reader.readexactly(length)))
+
+
+async def _one_request_works(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    [(status, _, body)] = await _answers_until_closed(reader)
+    assert (status, body) == (200, b"ok")
+    writer.close()
+
+
+def _json_error(head: bytes, body: bytes) -> str:
+    assert b"content-type: application/json" in head.lower() and b"connection: close" in head.lower()
+    return orjson.loads(body)["error"]
+
+
+async def test_a_head_streamed_past_the_cap_is_refused_with_431_while_others_are_served(
+    server: tuple[int, App],
+) -> None:
+    # One endless header: refused once 64 KiB of head have come, long before the quadratic cost of
+    # re-joining its value on every read could stall the loop; other clients are served meanwhile.
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: ")
+
+    async def stream() -> None:
+        with contextlib.suppress(ConnectionError):
+            for _ in range(4096):  # up to 64 MiB, if nothing stopped it
+                writer.write(b"a" * 16384)
+                await writer.drain()
+
+    task = asyncio.create_task(stream())
+    [(status, head, body)] = await _answers_until_closed(reader)
+    assert status == 431 and "at most 65536 bytes" in _json_error(head, body)
+    await _one_request_works(port)
+    task.cancel()
+    writer.close()
+
+
+@pytest.mark.parametrize(("size", "status"), [(60 * 1024, 200), (70 * 1024, 431), (1024 * 1024, 431)])
+async def test_a_whole_head_in_one_write_is_measured_too(server: tuple[int, App], size: int, status: int) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # A long URL and many headers count alike.
+    headers = b"".join(b"X-%05d: %s\r\n" % (i, b"v" * 90) for i in range(size // 2 // 100))
+    writer.write(b"GET /" + b"u" * (size // 2) + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + headers + b"\r\n")
+    [(got, head, body)] = await _answers_until_closed(reader)
+    assert got == status
+    if status == 431:
+        assert "Request header fields too large" in _json_error(head, body)
+    writer.close()
+
+
+async def test_a_bad_request_pipelined_after_a_good_one_waits_for_its_answer(server: tuple[int, App]) -> None:
+    # uvicorn answered the 400 at once and closed: the client's only answer, to its first (good) request,
+    # was that 400. Now the good one is answered first, then the 400, then the connection closes.
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    good = b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+    writer.write(good + b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + good + b"GARBAGE\r\n\r\n" + good)
+    answers = await _answers_until_closed(reader)
+    assert [a[0] for a in answers] == [200, 200, 200, 400]
+    assert [a[2] for a in answers[:3]] == [b"ok"] * 3
+    assert _json_error(answers[3][1], answers[3][2]).startswith("Invalid HTTP request: ")
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "Content-Length"),
+        (b"GET /\xff HTTP/1.1\r\nHost: t\r\n\r\n", "Invalid char in url"),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n", "Invalid HTTP request: "),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", "Invalid HTTP request: "),
+    ],
+)
+async def test_framing_errors_are_json_400s(server: tuple[int, App], raw: bytes, fragment: str) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    [(status, head, body)] = await _answers_until_closed(reader)
+    assert status == 400 and fragment in _json_error(head, body)
+    writer.close()
+    await _one_request_works(port)
+
+
+async def test_a_malformed_chunk_in_a_body_being_read_is_refused_at_once(server: tuple[int, App]) -> None:
+    port, app = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    await asyncio.sleep(0.1)  # the app is now waiting for the rest of its body
+    writer.write(b"zz\r\n")  # not a chunk size
+    [(status, head, body)] = await _answers_until_closed(reader, LIMIT_S * 0.8)  # before the read limit
+    assert status == 400 and _json_error(head, body).startswith("Invalid HTTP request: ")
+    for _ in range(50):
+        if app.disconnects:
+            break
+        await asyncio.sleep(0.02)
+    assert app.disconnects == 1
     writer.close()
