@@ -103,6 +103,19 @@ def test_metadata(channel: grpc.Channel) -> None:
         (lambda r: r.inputs["pixels"].CopyFrom(r.inputs["images"]), grpc.StatusCode.INVALID_ARGUMENT),
         (lambda r: r.model_spec.__setattr__("signature_name", "nope"), grpc.StatusCode.FAILED_PRECONDITION),
         (lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT),
+        # predict_util.cc: "duplicate output tensor alias".
+        (lambda r: r.output_filter.extend(["classes", "classes"]), grpc.StatusCode.INVALID_ARGUMENT),
+        # Tensor::FromProto fails ("tensor parsing error"): packed bytes that are not 784 floats, and more
+        # float_val values than the shape holds.
+        (lambda r: r.inputs["images"].__setattr__("tensor_content", b"\0" * 3137), grpc.StatusCode.INVALID_ARGUMENT),
+        (lambda r: r.inputs["images"].__setattr__("tensor_content", b"\0" * 3132), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            lambda r: (
+                r.inputs["images"].ClearField("tensor_content"),
+                r.inputs["images"].float_val.extend([0.5] * 785),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     ],
 )
 def test_errors_have_tf_serving_status_codes(channel: grpc.Channel, mutate, code: grpc.StatusCode) -> None:
@@ -122,3 +135,17 @@ def test_unknown_model_status_is_not_found(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.GetModelStatus(req, timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_fewer_float_vals_than_the_shape_are_padded_with_the_last_as_tensorflow_does(
+    channel: grpc.Channel, golden_of: dict[str, np.ndarray]
+) -> None:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    image = golden_of["images"][:1]
+    flat = image.reshape(-1)
+    cut = int(np.flatnonzero(flat)[-1]) + 1  # the digit's last lit pixel; zeros after it
+    req = _request(image)
+    req.inputs["images"].ClearField("tensor_content")
+    req.inputs["images"].float_val.extend([*flat[:cut].tolist(), 0.0])  # the trailing zeros, implied
+    got = tf.make_ndarray(stub.Predict(req, timeout=30).outputs["probabilities"])
+    np.testing.assert_allclose(got, golden_of["probabilities"][:1], atol=1e-5)

@@ -246,6 +246,17 @@ async def test_grpc_inputs_refused_from_the_tensor_header(repo: Path, golden: di
                     await stub.Predict(req, timeout=30)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (needle, err.value.details())
                 assert needle in (err.value.details() or ""), err.value.details()
+            # Bytes that are no PredictRequest (or GetModelStatusRequest): the client's mistake, said so.
+            # grpcio's own answer to a deserializer's exception is UNKNOWN "Unexpected <class ...>".
+            for method in (
+                "/tensorflow.serving.PredictionService/Predict",
+                "/tensorflow.serving.ModelService/GetModelStatus",
+            ):
+                raw = ch.unary_unary(method, request_serializer=None, response_deserializer=None)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await raw(b"\xff\xff\xff\xff\x0f", timeout=30)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+                assert "is not a valid tensorflow.serving." in (err.value.details() or "")
             # Still serving, and a header-only tensor of an allowed size is zeros, as in TensorFlow.
             req = predict_pb2.PredictRequest()
             req.model_spec.name = "cnn"

@@ -11,11 +11,14 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import message_factory
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -60,19 +63,29 @@ def check_input_tensor(tensor: Any, *, max_batch_size: int | None, max_elements:
 
 
 def tensor_to_numpy(tensor: Any) -> np.ndarray:
-    """A TensorProto as float32 numpy; the common `tensor_content` case is decoded without TensorFlow."""
+    """A DT_FLOAT TensorProto (check_input_tensor has seen its dtype and shape) as float32 numpy, read as
+    TensorFlow's Tensor::FromProto reads it: packed `tensor_content`, else `float_val`, where fewer values
+    than the shape holds are padded with the last one (one value fills the tensor; none, zeros) and more
+    are an error. Anything that does not fit is TF Serving's INVALID_ARGUMENT "tensor parsing error"."""
     shape = [d.size for d in tensor.tensor_shape.dim]
-    if tensor.dtype == 1 and tensor.tensor_content:  # DT_FLOAT, packed bytes (what make_tensor_proto writes)
-        arr = np.frombuffer(tensor.tensor_content, dtype="<f4")
-        if arr.size != int(np.prod(shape)):
-            raise InvalidArgument(f"tensor_content holds {arr.size} floats, shape {shape} needs {int(np.prod(shape))}")
-        return arr.reshape(shape)
-    import tensorflow as tf
-
-    try:
-        return tf.make_ndarray(tensor).astype(np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"Input '{contract.INPUT_NAME}' cannot be read as a float tensor: {exc}") from None
+    size = int(np.prod(shape))
+    what = f"tensor parsing error: {contract.INPUT_NAME}"
+    if tensor.tensor_content:  # packed little-endian bytes (what make_tensor_proto writes)
+        content = tensor.tensor_content
+        if len(content) != 4 * size:
+            raise InvalidArgument(
+                f"{what} (tensor_content has {len(content)} bytes; shape {shape} needs {4 * size}, "
+                f"{size} float32 values)"
+            )
+        return np.frombuffer(content, dtype="<f4").reshape(shape)
+    values = np.asarray(tensor.float_val, dtype=np.float32)
+    if values.size > size:
+        raise InvalidArgument(f"{what} ({values.size} float_val values; shape {shape} holds {size})")
+    if values.size == size:
+        return values.reshape(shape)
+    out = np.full(size, values[-1] if values.size else 0.0, dtype=np.float32)
+    out[: values.size] = values
+    return out.reshape(shape)
 
 
 def numpy_to_tensor(arr: np.ndarray) -> Any:
@@ -147,9 +160,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 f"input tensor alias not found in signature: {next(iter(names))}. "
                 f"Inputs expected to be in the set {{{contract.INPUT_NAME}}}."
             )
-        unknown = [o for o in request.output_filter if o not in contract.OUTPUT_NAMES]
-        if unknown:
-            raise InvalidArgument(f"output tensor alias not found in signature: {unknown[0]}")
+        seen: set[str] = set()
+        for out_name in request.output_filter:  # predict_util.cc's checks and wording
+            if out_name not in contract.OUTPUT_NAMES:
+                raise InvalidArgument(f"output tensor alias not found in signature: {out_name}")
+            if out_name in seen:
+                raise InvalidArgument(f"duplicate output tensor alias: {out_name}")
+            seen.add(out_name)
         tensor = request.inputs[contract.INPUT_NAME]
         check_input_tensor(tensor, max_batch_size=self.max_batch_size, max_elements=self.max_elements)
         images = tfs_rest.validate_images(tensor_to_numpy(tensor))
@@ -230,6 +247,49 @@ def _error_code(name: str) -> int:
     return codes[name].number if name in codes else codes["UNKNOWN"].number
 
 
+class _Undecodable:
+    """What a request that is no valid message of its type deserializes to, so it can be refused as the
+    client's mistake: grpcio answers a deserializer's exception with UNKNOWN."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.message = f"The request is not a valid {type_name} protocol buffer: {error}"
+
+
+def _lenient(message_class: Any) -> Any:
+    type_name = message_class.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception as exc:  # protobuf's DecodeError, and whatever else a broken message raises
+            return _Undecodable(type_name, exc)
+
+    return deserialize
+
+
+def _refusing_undecodable(method: Any) -> Any:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await method(request, context)
+
+    return handle
+
+
+def _add_service(server: grpc.aio.Server, service: Any, servicer: Any) -> None:
+    """Register `servicer`'s methods for the service's descriptor, as the generated add_*_to_server does,
+    but with undecodable requests answered INVALID_ARGUMENT."""
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            _refusing_undecodable(getattr(servicer, method.name)),
+            request_deserializer=_lenient(message_factory.GetMessageClass(method.input_type)),
+            response_serializer=message_factory.GetMessageClass(method.output_type).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 def create_grpc_server(registry: ModelRegistry, *, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
     """A grpc.aio server bound to host:port (not started); runs in the caller's event loop."""
     options = [
@@ -238,10 +298,12 @@ def create_grpc_server(registry: ModelRegistry, *, host: str, port: int, max_mes
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(registry, max_message_bytes=max_message_bytes), server
+    _add_service(
+        server,
+        prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+        PredictionService(registry, max_message_bytes=max_message_bytes),
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(registry), server)
+    _add_service(server, model_service_pb2.DESCRIPTOR.services_by_name["ModelService"], ModelService(registry))
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:  # grpcio raises where older versions returned 0
