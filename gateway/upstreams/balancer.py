@@ -1,7 +1,8 @@
 """Replica bookkeeping and the choice of replica per call (least outstanding requests or round robin).
 
 Passive health lives here too: a replica whose call fails at the transport level is ejected for a
-cool-down and only returns once an active probe (health.py) has answered.
+cool-down and returns once an active probe (health.py) has answered after it, or at once when a call
+sent to it while it was out (every replica out: panic mode) is answered.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class Replica:
     ejected: bool = False
     ejected_until: float = 0.0
     consecutive_failures: int = 0
+    # Ejections with no answered call between them: what doubles the cool-down. Failures of calls made
+    # while it is already out do not count again (with one replica every call in an outage would, and it
+    # stayed out 40 s after coming back).
+    ejections_in_row: int = 0
+    ejection: int = 0  # numbers the ejections, so a call can tell whether it was sent during this one
     loaded_version: int | None = None
     last_error: str | None = None
     requests: int = 0
@@ -38,10 +44,16 @@ class Replica:
     def available(self) -> bool:
         return not self.ejected and self.healthy is not False
 
-    def record_success(self, latency_ms: float) -> None:
+    def record_success(self, latency_ms: float, sent_during: int = -1) -> None:
+        """An answered call; `sent_during` is `ejection` as it was when the call was sent."""
         self.requests += 1
         self.consecutive_failures = 0
+        self.ejections_in_row = 0
         self.latencies_ms.append(latency_ms)
+        if self.ejected and sent_during == self.ejection:
+            # Sent while it was out and answered: it is back, whatever the cool-down says. (A call sent
+            # before the ejection proves nothing about the failure that caused it.)
+            self.ejected = False
 
     def record_failure(self, reason: str, cooldown_s: float, now: float | None = None) -> None:
         """Transport-level failure: out of rotation for the cool-down, back after a good probe."""
@@ -50,9 +62,12 @@ class Replica:
         self.errors += 1
         self.consecutive_failures += 1
         self.last_error = reason
-        factor = min(2 ** (self.consecutive_failures - 1), MAX_BACKOFF_FACTOR)
-        self.ejected = True
-        self.ejected_until = now + cooldown_s * factor
+        if not self.ejected:
+            self.ejected = True
+            self.ejection += 1
+            self.ejections_in_row += 1
+        factor = min(2 ** (self.ejections_in_row - 1), MAX_BACKOFF_FACTOR)
+        self.ejected_until = max(self.ejected_until, now + cooldown_s * factor)
 
     def record_probe(self, ok: bool, version: int | None, error: str | None, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -111,6 +111,7 @@ class BackendPool:
                 break
             tried.append(replica)
             replica.outstanding += 1
+            ejection = replica.ejection
             start = time.perf_counter()
             try:
                 result = await send(replica)
@@ -130,7 +131,7 @@ class BackendPool:
             finally:
                 replica.outstanding -= 1
             latency_ms = (time.perf_counter() - start) * 1000.0
-            replica.record_success(latency_ms)
+            replica.record_success(latency_ms, ejection)
             result.latency_ms = latency_ms
             if result.version is None and replica.loaded_version is not None:
                 result.version = str(replica.loaded_version)

@@ -47,14 +47,41 @@ def test_ejected_replica_gets_no_traffic_until_probe_after_cooldown() -> None:
     assert not rs[0].ejected and rs[0].available and rs[0].loaded_version == 3
 
 
-def test_cooldown_doubles_for_failures_in_a_row_and_is_capped() -> None:
+def test_cooldown_doubles_for_ejections_in_a_row_and_is_capped() -> None:
     r = Replica("tf", "a")
-    for _ in range(10):
-        r.record_failure("x", cooldown_s=1.0, now=0.0)
-    assert r.ejected_until == 8.0
+    now = 0.0
+    for expected in (1.0, 2.0, 4.0, 8.0, 8.0):
+        r.record_failure("x", cooldown_s=1.0, now=now)
+        assert r.ejected and r.ejected_until == now + expected
+        now += expected
+        r.record_probe(True, 1, None, now=now)  # back in rotation; it fails again at once
+        assert not r.ejected
     r.record_success(1.0)
-    r.record_failure("x", cooldown_s=1.0, now=0.0)
-    assert r.ejected_until == 1.0
+    r.record_failure("x", cooldown_s=1.0, now=now)
+    assert r.ejected_until == now + 1.0
+
+
+def test_failures_while_already_out_extend_the_cooldown_but_do_not_double_it() -> None:
+    # One replica, down for a while: every call in the outage fails (panic mode still sends them). Each
+    # used to double the cool-down, and the replica stayed out 40 s after it came back.
+    r = Replica("tf", "a")
+    for t in (0.0, 0.5, 1.0, 1.5):
+        r.record_failure("refused", cooldown_s=5.0, now=t)
+    assert r.ejected_until == 6.5 and r.ejections_in_row == 1
+    r.record_probe(True, 1, None, now=6.6)
+    assert not r.ejected
+
+
+def test_a_call_sent_while_out_and_answered_brings_the_replica_back() -> None:
+    r = Replica("tf", "a")
+    before = r.ejection
+    r.record_failure("refused", cooldown_s=5.0, now=0.0)
+    # A call that was already in flight when it was ejected proves nothing about the failure.
+    r.record_success(1.0, sent_during=before)
+    assert r.ejected
+    # One sent during the ejection (panic mode) and answered does.
+    r.record_success(1.0, sent_during=r.ejection)
+    assert not r.ejected and r.available
 
 
 def test_failed_probe_takes_replica_out_and_panic_mode_still_answers() -> None:
