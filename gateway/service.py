@@ -40,6 +40,8 @@ class Gateway:
             ),
         }
         self._health_task: asyncio.Task[None] | None = None
+        # /v1/classify's image decodes at once; the rest wait their turn.
+        self.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
 
     def _rest(self, wire: Wire) -> RestTransport:
         s = self.settings

@@ -68,10 +68,15 @@ class Settings(BaseSettings):
     # 32 = max_batch_size in tf_serving/batching.config, which both backends enforce: a larger batch is
     # refused here with their own message instead of being forwarded to fail there.
     max_batch_size: int = Field(32, ge=1)
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # 16 MiB: the largest image upload (below) with room for its multipart wrapping, and 25 times the
+    # largest valid predict body (32 images, ~0.6 MB of JSON). Parsing JSON holds the GIL, so a body's
+    # size is how long it can keep every other request waiting (a 48 MB body: about 1 s).
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     # Decoded-size guard against decompression bombs (a tiny PNG can declare a 100k x 100k canvas).
     max_image_pixels: int = Field(16_000_000, ge=784)
+    # Images decoded at once for /v1/classify (each up to ~100 MB of working memory); more wait.
+    max_concurrent_decodes: int = Field(4, ge=1)
 
     # Bearer keys; empty = no authentication. Health, metrics and docs stay open.
     api_keys: CsvList = []
@@ -106,6 +111,12 @@ class Settings(BaseSettings):
         tf = self.tf_grpc_targets if self.tf_protocol == "grpc" else self.tf_rest_urls
         if not tf:
             raise ValueError(f"no TF Serving replica for GATEWAY_TF_PROTOCOL={self.tf_protocol}")
+        if self.max_image_bytes > self.max_body_bytes:
+            # An upload between the two would be refused by the body cap, with a message naming the wrong one.
+            raise ValueError(
+                f"GATEWAY_MAX_IMAGE_BYTES ({self.max_image_bytes}) is larger than GATEWAY_MAX_BODY_BYTES "
+                f"({self.max_body_bytes}), which every upload must also fit"
+            )
         return self
 
 
@@ -116,5 +127,9 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = [f"  GATEWAY_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()]
+        lines = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+            where = ".".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"  GATEWAY_{where}: {msg}" if where else f"  {msg}")  # whole-model checks name theirs
         raise SystemExit("invalid gateway settings:\n" + "\n".join(lines)) from None

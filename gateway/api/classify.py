@@ -97,7 +97,9 @@ async def classify(request: Request) -> Response:
     info["backend"] = pool.name
     gw = gateway(request)
     data = await _image_bytes(request, gw.settings.max_image_bytes)
-    images = await run_in_threadpool(preprocess, data, gw.settings.max_image_pixels)
+    # Decoding is the memory-hungry step (up to ~100 MB for the largest picture allowed): a few at a time.
+    async with gw.decode_slots:
+        images = await run_in_threadpool(preprocess, data, gw.settings.max_image_pixels)
     result = await pool.predict(gw.settings.model_name, None, from_images(images), None)
     info["replica"] = result.replica
     gw.metrics.observe_upstream(pool.name, result.latency_ms / 1000.0)

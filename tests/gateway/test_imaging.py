@@ -102,3 +102,25 @@ def test_too_many_pixels_is_payload_too_large() -> None:
     assert len(data) < 100_000
     with pytest.raises(PayloadTooLarge, match="exceeds the limit"):
         preprocess(data, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGBA"), ("PNG", "L"), ("JPEG", "RGB")])
+def test_large_pictures_are_read_at_a_working_size_and_give_the_same_input(fmt: str, mode: str) -> None:
+    # The bar picture at 20x (4000x4000): scaled down before the float work, it must come out as the
+    # 200x200 original does, and peak memory must stay near the decoded image's own size.
+    import tracemalloc
+
+    small = bar_picture(True)
+    big = np.asarray(Image.fromarray(small).resize((4000, 4000), Image.NEAREST))
+    data = encode(big, fmt, mode)
+    reference = preprocess(encode(small, fmt, mode), 10**8)
+    tracemalloc.start()
+    try:
+        x = preprocess(data, 10**8)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.abs(x - reference).max() < 0.1
+    # numpy's buffers are traced (Pillow's own are not): before the reduction, the float copies of a
+    # 16-megapixel picture alone came to 64 MB each.
+    assert peak < 24 * 2**20, peak

@@ -39,20 +39,22 @@ def test_settings_comma_separated_lists_from_env(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("var", "value", "fragment"),
     [
-        ("GATEWAY_TORCH_URLS", "ftp://x", "not an http(s) URL"),
+        ("GATEWAY_TORCH_URLS", "ftp://x", "GATEWAY_TORCH_URLS: 'ftp://x' is not an http(s) URL"),
         ("GATEWAY_TF_GRPC_TARGETS", "http://x:1", "host:port"),
         ("GATEWAY_DEFAULT_BACKEND", "onnx", "GATEWAY_DEFAULT_BACKEND"),
         ("GATEWAY_TORCH_WIRE", "protobuf", "GATEWAY_TORCH_WIRE"),
         ("GATEWAY_PORT", "0", "GATEWAY_PORT"),
         ("GATEWAY_TORCH_URLS", "", "no replica"),
+        ("GATEWAY_MAX_BODY_BYTES", "1048576", "GATEWAY_MAX_IMAGE_BYTES (8388608) is larger than GATEWAY_MAX_BODY"),
     ],
 )
 def test_bad_settings_fail_fast_with_the_variable_named(
     monkeypatch: pytest.MonkeyPatch, var: str, value: str, fragment: str
 ) -> None:
     monkeypatch.setenv(var, value)
-    with pytest.raises(SystemExit, match=re.escape(fragment)):
+    with pytest.raises(SystemExit, match=re.escape(fragment)) as exc:
         load_settings()
+    assert "Value error" not in str(exc.value) and "GATEWAY_:" not in str(exc.value)
 
 
 @pytest.mark.parametrize(

@@ -286,3 +286,19 @@ def test_nan_is_named_as_such_under_a_range() -> None:
     arr[0, 0, 0, 0] = np.nan
     with pytest.raises(InvalidArgument, match="NaN or infinite"):
         validate_images(arr, value_range=contract.INPUT_RANGE)
+
+
+@pytest.mark.parametrize("token", ["NaN", "-Infinity"])
+def test_a_large_body_with_nan_is_named_without_the_lenient_parser(token: str) -> None:
+    # 100 images (~1.2 MB, past LENIENT_PARSE_MAX_BYTES) with one non-finite value: the same message as a
+    # small body gets, from the strict parser's refusal (the stdlib parser held the GIL for seconds).
+    from serving_core.tfs_rest import LENIENT_PARSE_MAX_BYTES
+
+    images = np.full((100, 28, 28, 1), 0.123456789, dtype=np.float64).tolist()
+    images[7][3][3][0] = float("nan")
+    body = json.dumps({"instances": images}).replace("NaN", token).encode()
+    assert len(body) > LENIENT_PARSE_MAX_BYTES
+    with pytest.raises(InvalidArgument, match="contains NaN or infinite values"):
+        parse_predict_body(body)
+    with pytest.raises(InvalidArgument, match=r"Malformed JSON in request body: .*line 1 column"):
+        parse_predict_body(body.replace(token.encode(), b"0.5").replace(b"]]]]}", b"]]]}"))

@@ -304,7 +304,7 @@ def no_env() -> Iterator[dict[str, str]]:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"TF_SERVING_REST_PORT": "not-a-port"}, "rest_port"),
+        ({"TF_SERVING_REST_PORT": "not-a-port"}, "TF_SERVING_REST_PORT: Input should be a valid integer"),
         ({"TF_SERVING_REST_PORT": "9001", "TF_SERVING_GRPC_PORT": "9001"}, "both 9001"),
         ({"TF_SERVING_BATCHING_PARAMETERS_FILE": "/nonexistent/batching.config"}, "cannot read batching"),
         ({"TF_SERVING_MODEL_CONFIG_FILE": "/nonexistent/models.config"}, "cannot read model config"),
