@@ -138,7 +138,7 @@ def install_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        headers = error_headers(request, exc.status_code, getattr(exc, "headers", None))
+        headers = error_headers(request, exc.status_code, getattr(exc, "headers", None), head_as_get=True)
         return error_response(exc.status_code, str(exc.detail), headers)
 
     async def validation_error(_: Request, exc: Exception) -> Response:

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.access_log import AccessLog
 from gateway.errors import LOG_KEY, PayloadTooLarge
 from gateway.metrics import Metrics
+from serving_core.routes import head_as_get
 
 # Open without a key: probes, scrapers and the API docs.
 PUBLIC_PATHS = frozenset(
@@ -70,6 +71,8 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        asked = scope  # the access log records the method as sent (HEAD), not as routed
+        scope = head_as_get(scope)
         start = time.perf_counter()
         headers = dict(scope["headers"])
         rid_in = headers.get(b"x-request-id", b"").decode("latin-1")
@@ -108,7 +111,7 @@ class GatewayMiddleware:
         finally:
             # A client that left before its body arrived was nobody's error: 499, as nginx logs it (set by
             # the fast path, and by the ClientDisconnect handler for FastAPI's routes, gateway/errors.py).
-            self._record(scope, info, 499 if info.get("client_gone") else status_box[0], start)
+            self._record(asked, info, 499 if info.get("client_gone") else status_box[0], start)
 
     def _capped(self, receive: Receive) -> Receive:
         """Chunked bodies have no Content-Length: count as they arrive and stop at the cap."""

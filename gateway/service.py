@@ -112,5 +112,7 @@ def backend_choice(query: str | None, header: str | None) -> Backend | None:
     if query and query not in BACKENDS:
         raise InvalidInput(f"unknown backend {query!r} in ?backend=: choose one of {', '.join(BACKENDS)}")
     if header and header not in BACKENDS:
-        raise InvalidInput(f"unknown backend {header!r} in X-Backend: choose one of {', '.join(BACKENDS)}")
+        header = header.strip(" \t")  # whitespace around a header value is not part of it (RFC 9110 5.5)
+        if header not in BACKENDS:
+            raise InvalidInput(f"unknown backend {header!r} in X-Backend: choose one of {', '.join(BACKENDS)}")
     return query or header or None  # narrowed by the checks above: one of BACKENDS, or None

@@ -99,7 +99,11 @@ def parse_infer_body(
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
-        hint = " (binary tensor data needs the Inference-Header-Content-Length header)" if header_length is None else ""
+        if b"NaN" in head or b"Infinity" in head:  # as the v1 API names them (its parser reads the tokens)
+            raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values") from None
+        # The header hint only where binary data is likely what broke the JSON: bytes no JSON text has.
+        binary_like = header_length is None and (b"\x00" in head or not _is_utf8(head))
+        hint = " (binary tensor data needs the Inference-Header-Content-Length header)" if binary_like else ""
         raise InvalidArgument(f"Malformed JSON in request body: {exc}{hint}") from None
     if not isinstance(doc, dict):
         raise InvalidArgument("Request body must be a JSON object with 'inputs'")
@@ -276,3 +280,11 @@ def read_infer_response(body: bytes, header_length: str | None) -> tuple[str | N
         raise ValueError(f"{len(binary) - offset} bytes after the last binary output")
     version = doc.get("model_version")
     return (str(version) if version is not None else None), outputs
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -34,7 +34,7 @@ async def _serving_error(_: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    headers = error_headers(request, exc.status_code, dict(exc.headers) if exc.headers else None)
+    headers = error_headers(request, exc.status_code, dict(exc.headers) if exc.headers else None, head_as_get=True)
     return error_response(exc.status_code, str(exc.detail), headers)
 
 

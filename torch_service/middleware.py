@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving_core.errors import PayloadTooLarge
+from serving_core.routes import head_as_get
 from torch_service.metrics import Metrics
 
 _TIMED = frozenset({"predict", "infer"})
@@ -52,6 +53,7 @@ class ServingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = head_as_get(scope)
         endpoint = endpoint_label(scope["path"])
         m = self.metrics
         start = time.perf_counter()

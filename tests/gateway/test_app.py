@@ -109,6 +109,9 @@ def test_bad_version_backend_and_json(client: TestClient) -> None:
         assert r.status_code == 400 and "positive integer" in r.json()["error"], (path, r.text)
     r = client.post("/v1/models/cnn:predict", json={"instances": IMG}, headers={"X-Backend": "onnx"})
     assert r.status_code == 400 and "unknown backend 'onnx'" in r.json()["error"]
+    # Whitespace around a header value is not part of it: " tf " is tf (here: unreachable, so a 503).
+    r = client.post("/v1/models/cnn:predict", json={"instances": IMG}, headers={"X-Backend": "tf \t"})
+    assert r.status_code == 503 and "tf backend unavailable" in r.json()["error"], r.text
     r = client.post("/v1/models/cnn:predict", content=b'{"instances": [')
     assert r.status_code == 400 and "Malformed JSON" in r.json()["error"]
     assert client.get("/v1/nothing-here").json() == {"error": "Not Found"}
@@ -344,10 +347,10 @@ def test_values_outside_the_contract_range_are_400_before_any_backend(
 
 def test_405_allow_lists_every_method_of_the_path(client: TestClient) -> None:
     for path, allowed in [
-        ("/v1/loadtests", "GET, POST"),
-        ("/v1/loadtests/20261128T000000Z-x", "DELETE, GET"),
+        ("/v1/loadtests", "GET, HEAD, POST"),
+        ("/v1/loadtests/20261128T000000Z-x", "DELETE, GET, HEAD"),
         ("/v1/models/cnn:predict", "POST"),
-        ("/metrics", "GET"),
+        ("/metrics", "GET, HEAD"),
     ]:
         r = client.request("PUT", path)
         assert r.status_code == 405 and r.headers["allow"] == allowed, (path, r.headers.get("allow"))

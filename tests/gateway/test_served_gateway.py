@@ -110,3 +110,25 @@ def test_a_port_already_taken_exits_3() -> None:
         )
     assert proc.returncode == 3
     assert "address already in use" in proc.stderr
+
+
+def test_head_is_served_wherever_get_is_without_a_body() -> None:
+    # HEAD through real HTTP (uvicorn drops the body itself): FastAPI's GET routes refused it with a 405
+    # whose Allow header said GET.
+    settings = Settings(
+        port=free_port(),
+        torch_urls=[f"http://{unused_target()}"],
+        tf_protocol="rest",
+        tf_rest_urls=[f"http://{unused_target()}"],
+        access_log=False,
+    )
+    with served(settings) as url, httpx.Client(base_url=url, timeout=10) as client:
+        for path in ("/healthz", "/metrics", "/v1/backends", "/openapi.json"):
+            get, head = client.get(path), client.head(path)
+            assert get.status_code == head.status_code == 200, (path, head.status_code)
+            assert head.content == b"" and int(head.headers["content-length"]) > 0
+            if path in ("/healthz", "/openapi.json"):  # the others change between the two calls
+                assert head.headers["content-length"] == get.headers["content-length"]
+            assert head.headers["content-type"] == get.headers["content-type"]
+        r = client.head("/v1/models/cnn:predict")  # POST only
+        assert r.status_code == 405 and r.headers["allow"] == "POST"

@@ -197,3 +197,22 @@ def test_malformed_answers_raise_value_error(tensor: dict) -> None:
     head = orjson.dumps({"outputs": [tensor]})
     with pytest.raises(ValueError):
         oip.read_infer_response(head + b"\0" * 16, str(len(head)))
+
+
+@pytest.mark.parametrize(
+    ("body", "needle", "not_there"),
+    [
+        # Plain JSON that is broken: no hint about binary data the client never sent.
+        (b'{"inputs": [', "Malformed JSON in request body", "Inference-Header-Content-Length"),
+        # NaN literals are named as the v1 API names them, not as a syntax error.
+        (
+            b'{"inputs":[{"name":"images","shape":[1,28,28,1],"datatype":"FP32","data":[NaN]}]}',
+            "contains NaN or infinite values",
+            "Malformed",
+        ),
+    ],
+)
+def test_json_errors_say_what_is_wrong(body: bytes, needle: str, not_there: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        oip.parse_infer_body(body)
+    assert needle in err.value.message and not_there not in err.value.message

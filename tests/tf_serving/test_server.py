@@ -395,3 +395,9 @@ async def test_values_outside_0_1_are_accepted_as_tf_serving_does(client: httpx.
     assert probs.shape == (10,) and np.isfinite(probs).all()
     r = await client.put("/v1/models/cnn")
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+
+
+async def test_a_path_missing_its_trailing_part_is_a_json_404_not_a_redirect(client: httpx.AsyncClient) -> None:
+    for path in ("/v1/models", "/v2"):
+        r = await client.get(path)
+        assert r.status_code == 404 and "error" in r.json(), (path, r.status_code, r.text)

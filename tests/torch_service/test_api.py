@@ -51,6 +51,11 @@ def test_status(client: httpx.Client) -> None:
         ]
     }
     assert client.get("/v1/models/cnn/versions/1").json() == r.json()
+    # HEAD wherever GET is (a 405 before, whose Allow said GET), the head alone; and the 405's Allow says so.
+    head = client.head("/v1/models/cnn")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == r.headers["content-length"]
+    assert client.request("PUT", "/v1/models/cnn").headers["allow"] == "GET, HEAD, POST"
 
 
 def test_metadata(client: httpx.Client) -> None:

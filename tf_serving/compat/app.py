@@ -172,6 +172,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None, metric
         metrics_path = monitoring.prometheus_path if monitoring.prometheus_enabled else None
     app = FastAPI(
         title="TF-Serving-compatible server (compat, not TensorFlow Serving)",
+        # `/v1/models/` and the like are a 404 {"error"}, not Starlette's 307 with an empty body.
+        redirect_slashes=False,
         lifespan=_lifespan(settings, registry),
         docs_url=None,
         redoc_url=None,
