@@ -57,8 +57,11 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
 
 def _grayscale(img: Image.Image) -> np.ndarray:
     """Float [H, W] in [0, 1]. A transparent drawing is read from its alpha channel: ink is opaque."""
-    img = ImageOps.exif_transpose(img) or img
+    ImageOps.exif_transpose(img, in_place=True)  # (not in place, it copies every image, rotated or not)
     factor = -(-max(img.size) // WORK_SIDE)  # ceil: 1 for pictures within WORK_SIDE
+    if factor > 1 and img.mode in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        img = img.reduce(factor)  # first, so that no conversion below copies the full-size picture
+        factor = 1
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         if factor > 1:

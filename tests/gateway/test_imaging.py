@@ -124,3 +124,18 @@ def test_large_pictures_are_read_at_a_working_size_and_give_the_same_input(fmt: 
     # numpy's buffers are traced (Pillow's own are not): before the reduction, the float copies of a
     # 16-megapixel picture alone came to 64 MB each.
     assert peak < 24 * 2**20, peak
+
+
+def test_exif_orientation_is_applied() -> None:
+    # A phone photo stored sideways with Orientation 6 (rotate 90 clockwise to view): the bar, 60 tall and
+    # 30 wide as seen, is stored 30 tall and 60 wide.
+    seen = bar_picture(False)
+    stored = np.ascontiguousarray(np.rot90(seen, k=1))  # what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, "JPEG", quality=95, exif=exif)
+    x = preprocess(buf.getvalue(), 10**7)[0, :, :, 0]
+    top, bottom, left, right = content_box(x)
+    assert bottom - top > right - left  # taller than wide, as seen
+    assert np.abs(x - preprocess(encode(seen, "JPEG"), 10**7)[0, :, :, 0]).max() < 0.1
