@@ -58,17 +58,19 @@ class _HeadWithBodyTransport:
     messages. Everything else is the wrapped transport's.
     """
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_eof", "_held", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._held: bytes | None = None
+        self._eof = False
 
     def write(self, data: bytes) -> None:
-        if self._transport.is_closing():
-            # The request was refused and the connection closed under the app (a malformed body); what it
-            # still sends goes nowhere. uvloop would raise, and uvicorn log an ERROR for each.
+        if self._eof or self._transport.is_closing():
+            # The request was refused and our side of the connection ended (a malformed body): what is
+            # still written (an app's answer, uvicorn's "100 Continue") goes nowhere. uvloop would raise,
+            # and uvicorn log an ERROR for each.
             return
         if self._held is not None:
             held, self._held = self._held, None
@@ -88,6 +90,7 @@ class _HeadWithBodyTransport:
     def write_eof(self) -> None:
         self._flush()
         self._transport.write_eof()
+        self._eof = True
 
     def is_closing(self) -> bool:  # called several times per request: spare it the __getattr__ detour
         return self._transport.is_closing()
@@ -124,6 +127,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         # Bytes received since the current head began: a bound, counted per read, not the head's size
         # (a read may also carry the end of the previous body); the exact size is worked out only past it.
         self._head_seen = 0
+        # A head that began partway through a read: the bytes before it in that read were not counted.
+        self._head_unmeasured = False
         # A refusal (status, message) waiting for the answers to the requests before it.
         self._refusal: tuple[int, str] | None = None
 
@@ -132,6 +137,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         self._since = self.loop.time()
         if phase == "head":
             self._head_seen = 0
+            self._head_unmeasured = False
         if self._timer is None:
             self._timer = self.loop.call_at(self._since + self.request_read_timeout_s, self._check)
 
@@ -160,9 +166,10 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self._phase is None:  # a pipelined head that began while the previous answer was pending
             self._enter("head")
+            self._head_unmeasured = True  # partway through a read: measured exactly when complete
 
     def on_headers_complete(self) -> None:
-        if self._head_seen > self.max_head_bytes and self._head_size() > self.max_head_bytes:
+        if (self._head_seen > self.max_head_bytes or self._head_unmeasured) and self._head_size() > self.max_head_bytes:
             raise _HeadTooLarge  # the whole head came in one read; refused before a cycle starts
         super().on_headers_complete()
         self._enter("body")
@@ -222,6 +229,11 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
             # The request whose body is being read is the malformed one: its app sees a disconnect.
             cycle.disconnected = True
             cycle.message_event.set()
+            if cycle.response_started:
+                # Its answer has begun (an app that answers before reading all of its body): a 400 now
+                # would land inside it. The connection is closed instead.
+                self.transport.close()
+                return
         self.flow.pause_reading()
         self._send_refusal_when_due()
 

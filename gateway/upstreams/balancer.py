@@ -48,12 +48,14 @@ class Replica:
         """An answered call; `sent_during` is `ejection` as it was when the call was sent."""
         self.requests += 1
         self.consecutive_failures = 0
-        self.ejections_in_row = 0
         self.latencies_ms.append(latency_ms)
-        if self.ejected and sent_during == self.ejection:
+        if not self.ejected:
+            self.ejections_in_row = 0
+        elif sent_during == self.ejection:
             # Sent while it was out and answered: it is back, whatever the cool-down says. (A call sent
-            # before the ejection proves nothing about the failure that caused it.)
+            # before the ejection proves nothing about the failure that caused it, so it changes nothing.)
             self.ejected = False
+            self.ejections_in_row = 0
 
     def record_failure(self, reason: str, cooldown_s: float, now: float | None = None) -> None:
         """Transport-level failure: out of rotation for the cool-down, back after a good probe."""
@@ -62,12 +64,16 @@ class Replica:
         self.errors += 1
         self.consecutive_failures += 1
         self.last_error = reason
+        factor = min(2**self.ejections_in_row, MAX_BACKOFF_FACTOR)  # this ejection's, if it is a new one
         if not self.ejected:
             self.ejected = True
             self.ejection += 1
             self.ejections_in_row += 1
-        factor = min(2 ** (self.ejections_in_row - 1), MAX_BACKOFF_FACTOR)
-        self.ejected_until = max(self.ejected_until, now + cooldown_s * factor)
+            # A new ejection's own cool-down, not what is left of an earlier one that ended early.
+            self.ejected_until = now + cooldown_s * factor
+        else:
+            factor = min(2 ** (self.ejections_in_row - 1), MAX_BACKOFF_FACTOR)
+            self.ejected_until = max(self.ejected_until, now + cooldown_s * factor)
 
     def record_probe(self, ok: bool, version: int | None, error: str | None, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -105,17 +105,9 @@ def test_metadata(channel: grpc.Channel) -> None:
         (lambda r: r.output_filter.append("nope"), grpc.StatusCode.INVALID_ARGUMENT),
         # predict_util.cc: "duplicate output tensor alias".
         (lambda r: r.output_filter.extend(["classes", "classes"]), grpc.StatusCode.INVALID_ARGUMENT),
-        # Tensor::FromProto fails ("tensor parsing error"): packed bytes that are not 784 floats, and more
-        # float_val values than the shape holds.
+        # Tensor::FromProto fails ("tensor parsing error"): packed bytes that are not 784 floats.
         (lambda r: r.inputs["images"].__setattr__("tensor_content", b"\0" * 3137), grpc.StatusCode.INVALID_ARGUMENT),
         (lambda r: r.inputs["images"].__setattr__("tensor_content", b"\0" * 3132), grpc.StatusCode.INVALID_ARGUMENT),
-        (
-            lambda r: (
-                r.inputs["images"].ClearField("tensor_content"),
-                r.inputs["images"].float_val.extend([0.5] * 785),
-            ),
-            grpc.StatusCode.INVALID_ARGUMENT,
-        ),
     ],
 )
 def test_errors_have_tf_serving_status_codes(channel: grpc.Channel, mutate, code: grpc.StatusCode) -> None:
@@ -137,15 +129,19 @@ def test_unknown_model_status_is_not_found(channel: grpc.Channel) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_fewer_float_vals_than_the_shape_are_padded_with_the_last_as_tensorflow_does(
-    channel: grpc.Channel, golden_of: dict[str, np.ndarray]
-) -> None:
+def test_float_vals_are_read_as_tensorflow_reads_them(channel: grpc.Channel, golden_of: dict[str, np.ndarray]) -> None:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     image = golden_of["images"][:1]
     flat = image.reshape(-1)
     cut = int(np.flatnonzero(flat)[-1]) + 1  # the digit's last lit pixel; zeros after it
     req = _request(image)
     req.inputs["images"].ClearField("tensor_content")
-    req.inputs["images"].float_val.extend([*flat[:cut].tolist(), 0.0])  # the trailing zeros, implied
+    # Fewer values than the shape holds: padded with the last (the trailing zeros, implied).
+    req.inputs["images"].float_val.extend([*flat[:cut].tolist(), 0.0])
+    got = tf.make_ndarray(stub.Predict(req, timeout=30).outputs["probabilities"])
+    np.testing.assert_allclose(got, golden_of["probabilities"][:1], atol=1e-5)
+    # More values than the shape holds: the extra ones are ignored (tensor.cc copies the first n).
+    req.inputs["images"].ClearField("float_val")
+    req.inputs["images"].float_val.extend([*flat.tolist(), 0.5, 0.5])
     got = tf.make_ndarray(stub.Predict(req, timeout=30).outputs["probabilities"])
     np.testing.assert_allclose(got, golden_of["probabilities"][:1], atol=1e-5)

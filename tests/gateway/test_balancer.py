@@ -84,6 +84,31 @@ def test_a_call_sent_while_out_and_answered_brings_the_replica_back() -> None:
     assert not r.ejected and r.available
 
 
+def test_a_new_ejection_gets_its_own_cooldown_not_what_is_left_of_an_earlier_one() -> None:
+    r = Replica("tf", "a")
+    now = 0.0
+    for _ in range(4):  # out for 8x the cool-down by now, each time back through a probe
+        r.record_failure("refused", cooldown_s=5.0, now=now)
+        now = r.ejected_until
+        r.record_probe(True, 1, None, now=now)
+    r.record_failure("refused", cooldown_s=5.0, now=now)
+    assert r.ejected_until == now + 40.0
+    r.record_success(1.0, sent_during=r.ejection)  # back at once, 39 s early
+    r.record_failure("refused", cooldown_s=5.0, now=now + 1.0)  # a fresh ejection: 5 s, not the old 39
+    assert r.ejected_until == now + 6.0
+
+
+def test_calls_sent_before_an_ejection_do_not_reset_its_backoff() -> None:
+    # Under concurrency, calls already in flight when a replica fails still come back answered; they
+    # say nothing about the failure and must not undo the doubling.
+    r = Replica("tf", "a")
+    r.record_failure("refused", cooldown_s=1.0, now=0.0)
+    r.record_success(1.0, sent_during=r.ejection - 1)
+    r.record_probe(True, 1, None, now=1.0)
+    r.record_failure("refused", cooldown_s=1.0, now=1.0)
+    assert r.ejected_until == 3.0  # doubled: the second ejection in a row
+
+
 def test_failed_probe_takes_replica_out_and_panic_mode_still_answers() -> None:
     rs = replicas(2)
     b = Balancer(rs)

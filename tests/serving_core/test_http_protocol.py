@@ -27,6 +27,10 @@ class App:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        if scope["path"] == "/early":  # answers before reading its body, as an app may
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        else:
+            await asyncio.sleep(0)  # reads its body a moment later, as FastAPI's routes do
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -36,7 +40,8 @@ class App:
                 break
         if scope["path"] == "/slow":
             await asyncio.sleep(LIMIT_S * 2)  # the app's own time is not the client's read time
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        if scope["path"] != "/early":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
 
@@ -257,4 +262,48 @@ async def test_a_malformed_chunk_in_a_body_being_read_is_refused_at_once(server:
             break
         await asyncio.sleep(0.02)
     assert app.disconnects == 1
+    writer.close()
+
+
+async def test_a_big_head_pipelined_into_the_same_read_is_measured_too(server: tuple[int, App]) -> None:
+    # The second head begins partway through the read that ends the first request: its bytes before
+    # that read's end were not counted as it arrived, so it is measured when complete.
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    big = b"".join(b"X-%05d: %s\r\n" % (i, b"v" * 90) for i in range(1000))  # ~100 KB
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" + b"GET / HTTP/1.1\r\nHost: t\r\n" + big + b"\r\n")
+    answers = await _answers_until_closed(reader)
+    assert [a[0] for a in answers] == [200, 431]
+    writer.close()
+
+
+async def test_a_refused_expect_100_request_writes_nothing_after_the_refusal(
+    server: tuple[int, App], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The app asks for its body after the refusal; uvicorn would then write "100 Continue" on a
+    # connection whose sending side has ended, and log the error with a traceback.
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n"
+    )
+    [(status, head, body)] = await _answers_until_closed(reader)
+    assert status == 400 and _json_error(head, body).startswith("Invalid HTTP request: ")
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    writer.close()
+
+
+async def test_no_400_inside_an_answer_already_begun(server: tuple[int, App]) -> None:
+    # An app that has sent its answer's head before its body turned out malformed: the connection is
+    # closed; a 400 written now would be read as part of that answer.
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /early HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.write(b"zz\r\n")
+    async with asyncio.timeout(LIMIT_S * 0.8):
+        rest = await reader.read()
+    assert b"HTTP/1.1" not in rest
     writer.close()

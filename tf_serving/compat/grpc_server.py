@@ -64,9 +64,10 @@ def check_input_tensor(tensor: Any, *, max_batch_size: int | None, max_elements:
 
 def tensor_to_numpy(tensor: Any) -> np.ndarray:
     """A DT_FLOAT TensorProto (check_input_tensor has seen its dtype and shape) as float32 numpy, read as
-    TensorFlow's Tensor::FromProto reads it: packed `tensor_content`, else `float_val`, where fewer values
-    than the shape holds are padded with the last one (one value fills the tensor; none, zeros) and more
-    are an error. Anything that does not fit is TF Serving's INVALID_ARGUMENT "tensor parsing error"."""
+    TensorFlow's Tensor::FromProto reads it (tensor.cc): packed `tensor_content`, which must hold exactly
+    the shape's values (else TF Serving's INVALID_ARGUMENT "tensor parsing error"), else `float_val`,
+    where fewer values than the shape holds are padded with the last one (one value fills the tensor;
+    none, zeros) and values beyond the shape are ignored."""
     shape = [d.size for d in tensor.tensor_shape.dim]
     size = int(np.prod(shape))
     what = f"tensor parsing error: {contract.INPUT_NAME}"
@@ -78,9 +79,7 @@ def tensor_to_numpy(tensor: Any) -> np.ndarray:
                 f"{size} float32 values)"
             )
         return np.frombuffer(content, dtype="<f4").reshape(shape)
-    values = np.asarray(tensor.float_val, dtype=np.float32)
-    if values.size > size:
-        raise InvalidArgument(f"{what} ({values.size} float_val values; shape {shape} holds {size})")
+    values = np.asarray(tensor.float_val, dtype=np.float32)[:size]
     if values.size == size:
         return values.reshape(shape)
     out = np.full(size, values[-1] if values.size else 0.0, dtype=np.float32)
