@@ -170,7 +170,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         if (self._head_seen > self.max_head_bytes or self._head_unmeasured) and self._head_size() > self.max_head_bytes:
-            raise _HeadTooLarge  # the whole head came in one read; refused before a cycle starts
+            # Came whole in one read, or began partway through one: refused before a cycle starts.
+            raise _HeadTooLarge
         super().on_headers_complete()
         self._enter("body")
 
