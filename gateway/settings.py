@@ -124,12 +124,11 @@ def load_settings(**overrides: object) -> Settings:
     """Read the environment (plus overrides); a bad value exits with a message naming the variable."""
     from pydantic import ValidationError
 
+    from serving_core.settings_errors import setting_problems
+
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
-            where = ".".join(str(p) for p in err["loc"]).upper()
-            lines.append(f"  GATEWAY_{where}: {msg}" if where else f"  {msg}")  # whole-model checks name theirs
+        # Without the rejected values: the gateway's settings hold its API keys.
+        lines = [f"  {p}" for p in setting_problems(exc, "GATEWAY_", show_input=False)]
         raise SystemExit("invalid gateway settings:\n" + "\n".join(lines)) from None

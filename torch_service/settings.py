@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving_core.repository import VersionPolicy
+from serving_core.settings_errors import setting_problems
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -105,10 +106,5 @@ class Settings(BaseSettings):
 
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming each bad variable, e.g. `TORCH_SERVICE_PORT: Input should be ...`."""
-    parts = []
-    for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        var = "MODEL_REPOSITORY" if field == "model_repository" else f"TORCH_SERVICE_{field.upper()}"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{var}: {msg} (got {err.get('input')!r})")
-    return "invalid settings: " + "; ".join(parts)
+    problems = setting_problems(exc, "TORCH_SERVICE_", aliases={"model_repository": "MODEL_REPOSITORY"})
+    return "invalid settings: " + "; ".join(problems)

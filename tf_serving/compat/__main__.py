@@ -80,20 +80,11 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coro)
 
 
-def _describe(error: Any) -> str:
-    """One problem, named by its environment variable: `TF_SERVING_REST_PORT: Input should be ...`."""
-    field = ".".join(map(str, error["loc"]))
-    msg = str(error["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
-    if not field:
-        return msg  # a check across settings names its variables itself
-    var = field if field.isupper() else f"TF_SERVING_{field.upper()}"  # an alias (MODEL_REPOSITORY) is one already
-    return f"{var}: {msg} (got {error.get('input')!r})"
-
-
 def main() -> int:
     from pydantic import ValidationError
 
     from serving_core.batching import BatchingConfigError
+    from serving_core.settings_errors import setting_problems
     from tf_serving.compat.settings import Settings, load_server_config
     from tf_serving.config import ConfigError
 
@@ -101,7 +92,7 @@ def main() -> int:
         settings = Settings()
         config = load_server_config(settings)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
+        problems = "; ".join(setting_problems(exc, "TF_SERVING_"))
         print(f"tf_serving.compat: invalid settings: {problems}", file=sys.stderr)
         return 2
     except (ConfigError, BatchingConfigError) as exc:
