@@ -55,25 +55,33 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+def _at_working_size(img: Image.Image) -> Image.Image:
+    """At most WORK_SIDE pixels a side (box average), before anything else copies the full-size picture;
+    modes Pillow cannot reduce are first converted to the nearest one it can, keeping alpha and depth."""
+    factor = -(-max(img.size) // WORK_SIDE)  # ceil
+    if factor == 1:
+        return img
+    if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        if img.mode == "PA" or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+        elif img.mode.startswith("I;"):
+            img = img.convert("I")
+        else:
+            img = img.convert("L" if img.mode == "1" else "RGB")
+    return img.reduce(factor)
+
+
 def _grayscale(img: Image.Image) -> np.ndarray:
     """Float [H, W] in [0, 1]. A transparent drawing is read from its alpha channel: ink is opaque."""
     ImageOps.exif_transpose(img, in_place=True)  # (not in place, it copies every image, rotated or not)
-    factor = -(-max(img.size) // WORK_SIDE)  # ceil: 1 for pictures within WORK_SIDE
-    if factor > 1 and img.mode in ("L", "LA", "RGB", "RGBA", "I", "F"):
-        img = img.reduce(factor)  # first, so that no conversion below copies the full-size picture
-        factor = 1
+    img = _at_working_size(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
-        if factor > 1:
-            rgba = rgba.reduce(factor)  # box average; factor = 1 leaves every pixel as it was
-            factor = 1
         alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
         if alpha.min() < 0.99:
             return alpha
         img = rgba.convert("RGB")
     gray = img.convert("F") if img.mode in ("I", "I;16", "F") else img.convert("L")
-    if factor > 1:
-        gray = gray.reduce(factor)
     arr = np.asarray(gray, dtype=np.float32)
     if img.mode in ("I", "I;16"):
         peak = float(arr.max()) or 1.0
