@@ -248,6 +248,7 @@ def http_call(pool: Http1Pool, path: str, body: bytes) -> Call:
 def grpc_call(target: str, batch: np.ndarray) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """One Predict over grpc.aio, built the way the gateway's gRPC upstream builds it; and a closer."""
     from gateway.upstreams.grpc import GrpcTransport
+    from gateway.upstreams.tfs_protos import PredictResponse
 
     transport = GrpcTransport(timeout_s=30.0, health_timeout_s=5.0)
     request = transport.build_request("cnn", None, batch)
@@ -255,7 +256,7 @@ def grpc_call(target: str, batch: np.ndarray) -> tuple[Call, Callable[[], Awaita
     stub = channel.unary_unary(
         "/tensorflow.serving.PredictionService/Predict",
         request_serializer=type(request).SerializeToString,
-        response_deserializer=transport._predict_pb2.PredictResponse.FromString,
+        response_deserializer=PredictResponse.FromString,
     )
 
     async def call() -> None:

@@ -2,6 +2,7 @@
 
     python benchmarks/gateway_versions.py --baseline <git-ref> [--delay-ms 2] [--rounds 16] [--per-round 200]
         [--baseline-env NAME=VALUE ...] [--current-env NAME=VALUE ...]
+        [--upstream tf-grpc --model-repository DIR]
 
 Both gateways run at once in front of one stand-in backend (an asyncio server that answers every
 predict after --delay-ms with a fixed answer, TF Serving's JSON or, for the binary wire, OIP binary
@@ -14,6 +15,11 @@ temporary git worktree and run from there with this checkout's virtual environme
 under two settings (`--baseline HEAD --baseline-env GATEWAY_ACCESS_LOG=false`). Against a baseline from
 before the binary wire, `--current-env GATEWAY_TORCH_WIRE=json` compares like with like; without it the
 comparison includes the wire (here the stand-in parses nothing, so only the gateway's side of it shows).
+
+`--upstream tf-grpc` puts the real TF-Serving-compatible server (tf_serving.compat, on the model in
+--model-repository) behind both gateways instead, reached over gRPC (their default for TF), and
+measures `?backend=tf` through them against the compat server's own REST API. Printed per gateway in
+either mode: seconds from start to ready, and resident memory after the run.
 """
 
 from __future__ import annotations
@@ -85,14 +91,14 @@ def serve_backend(port: int, delay_s: float) -> None:
     uvloop.run(main())
 
 
-async def measure(urls: dict[str, str], pids: dict[str, int], rounds: int, per_round: int) -> None:
+async def measure(urls: dict[str, str], pids: dict[str, int], rounds: int, per_round: int, backend: str) -> None:
     body = orjson.dumps(
         {"instances": np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32)},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
     pools = {name: Http1Pool(url, max_connections=4, connect_timeout_s=5) for name, url in urls.items()}
     procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-    path = "/v1/models/cnn:predict?backend=torch"
+    path = f"/v1/models/cnn:predict?backend={backend}"
     lat: dict[str, list[float]] = {name: [] for name in pools}
     cpu = dict.fromkeys(pids, 0.0)
     for pool in pools.values():  # warm-up
@@ -117,6 +123,8 @@ async def measure(urls: dict[str, str], pids: dict[str, int], rounds: int, per_r
         if name in cpu:
             line += f"  gateway CPU {cpu[name] / len(values) * 1e3:.3f} ms/request"
         print(line, flush=True)
+    for name, proc in procs.items():
+        print(f"{name:10s} resident memory after the run {proc.memory_info().rss / 2**20:.0f} MiB", flush=True)
     for pool in pools.values():
         await pool.aclose()
 
@@ -130,6 +138,13 @@ def main() -> int:
     ap.add_argument("--delay-ms", type=float, default=2.0, help="the stand-in backend's time per predict")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--per-round", type=int, default=200)
+    ap.add_argument(
+        "--upstream",
+        choices=("standin", "tf-grpc"),
+        default="standin",
+        help="standin: the asyncio stand-in over REST (torch path); tf-grpc: the compat server over gRPC (TF path)",
+    )
+    ap.add_argument("--model-repository", type=Path, help="the model the compat server serves (--upstream tf-grpc)")
     for side in ("baseline", "current"):
         ap.add_argument(
             f"--{side}-env",
@@ -146,13 +161,32 @@ def main() -> int:
         if bad:
             ap.error(f"--{side}-env wants NAME=VALUE, got {bad[0]!r}")
         extra_env[side] = dict(pair.split("=", 1) for pair in pairs)
+    if args.upstream == "tf-grpc" and args.model_repository is None:
+        ap.error("--upstream tf-grpc needs --model-repository (a trained one: python -m trainer)")
     worktree = Path(tempfile.mkdtemp(prefix="gateway-baseline-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.baseline], check=True)
     log_dir = Path(tempfile.mkdtemp(prefix="gateway-versions-"))
     backend_port = free_port()
     urls = {"direct": f"http://127.0.0.1:{backend_port}"}
-    procs = [
-        ManagedProcess(
+    if args.upstream == "tf-grpc":
+        grpc_port = free_port()
+        backend = ManagedProcess.python_module(
+            "backend",
+            "tf_serving.compat",
+            ready_url=f"{urls['direct']}/v1/models/cnn",
+            log_dir=log_dir,
+            env={
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "PYTHONPATH": pythonpath(ROOT),
+                "MODEL_REPOSITORY": str(args.model_repository.resolve()),
+                "TF_SERVING_REST_PORT": str(backend_port),
+                "TF_SERVING_GRPC_PORT": str(grpc_port),
+            },
+            cwd=ROOT,
+        )
+        upstream_env = {"GATEWAY_TF_PROTOCOL": "grpc", "GATEWAY_TF_GRPC_TARGETS": f"127.0.0.1:{grpc_port}"}
+    else:
+        backend = ManagedProcess(
             name="backend",
             argv=[
                 sys.executable,
@@ -164,7 +198,8 @@ def main() -> int:
             ready_url=None,
             log_path=log_dir / "backend.log",
         )
-    ]
+        upstream_env = {"GATEWAY_TF_PROTOCOL": "rest", "GATEWAY_TF_REST_URLS": urls["direct"]}
+    procs = [backend]
     for name, tree in (("baseline", worktree), ("current", ROOT)):
         port = free_port()
         urls[name] = f"http://127.0.0.1:{port}"
@@ -178,24 +213,30 @@ def main() -> int:
                     "PYTHONPATH": pythonpath(tree),
                     "GATEWAY_PORT": str(port),
                     "GATEWAY_TORCH_URLS": urls["direct"],
-                    "GATEWAY_TF_PROTOCOL": "rest",
-                    "GATEWAY_TF_REST_URLS": urls["direct"],
+                    **upstream_env,
                     **extra_env[name],
                 },
                 cwd=tree,
             )
         )
     try:
-        for p in procs:
+        backend.start()
+        backend.wait_ready(180)
+        ready_s = {}
+        for p in procs[1:]:  # one gateway at a time, so each start is timed alone
+            t0 = time.perf_counter()
             p.start()
-        for p in procs:
-            p.wait_ready(120)
+            p.wait_ready(120, interval=0.05)
+            ready_s[p.name] = time.perf_counter() - t0
         for side, env in extra_env.items():
             if env:
                 print(f"# {side} environment: " + " ".join(f"{k}={v}" for k, v in env.items()))
-        print(f"# baseline {args.baseline}, backend delay {args.delay_ms} ms, concurrency 1, {os.cpu_count()} CPUs")
+        behind = f"backend delay {args.delay_ms} ms" if args.upstream == "standin" else "compat server over gRPC"
+        print(f"# baseline {args.baseline}, {behind}, concurrency 1, {os.cpu_count()} CPUs")
+        for name, seconds in ready_s.items():
+            print(f"{name:10s} ready {seconds:.2f} s after start")
         pids = {p.name: p.proc.pid for p in procs if p.name != "backend" and p.proc}
-        uvloop.run(measure(urls, pids, args.rounds, args.per_round))
+        uvloop.run(measure(urls, pids, args.rounds, args.per_round, "tf" if args.upstream == "tf-grpc" else "torch"))
     finally:
         for p in reversed(procs):
             p.stop(grace=5)

@@ -1,8 +1,9 @@
 """TF Serving gRPC transport: PredictionService/Predict and ModelService/GetModelStatus.
 
-The messages are tensorflow-serving-api's generated protobufs. The input TensorProto is built by hand
-with `tensor_content` (one memcpy of the float32 batch) instead of `tf.make_tensor_proto`, and outputs
-are decoded with numpy. The calls go through one of two clients, one connection per replica kept for
+The messages are TF Serving's own (same names, numbers and types), declared in tfs_protos.py so that
+the gateway never imports TensorFlow. The input TensorProto is built by hand with `tensor_content`
+(one memcpy of the float32 batch) instead of `tf.make_tensor_proto`, and outputs are decoded with
+numpy. The calls go through one of two clients, one connection per replica kept for
 the gateway's life: the lean HTTP/2 unary client in h2grpc.py (default, GATEWAY_TF_GRPC_CLIENT=h2) or
 a grpc.aio channel (GATEWAY_TF_GRPC_CLIENT=grpcio). Both map failures the same way.
 """
@@ -19,6 +20,8 @@ from gateway.errors import BadGateway, UpstreamError, UpstreamTimeout, grpc_stat
 from gateway.upstreams import h2grpc
 from gateway.upstreams.balancer import Replica
 from gateway.upstreams.pool import PredictResult, ReplicaDown
+from gateway.upstreams.tfs_protos import GetModelStatusRequest, GetModelStatusResponse, PredictResponse
+from gateway.upstreams.tfs_protos import PredictRequest as PredictRequestProto
 from gateway.validation import PredictRequest
 from serving_core.contract import INPUT_NAME, SIGNATURE_NAME
 
@@ -31,13 +34,6 @@ _AVAILABLE = 30  # ModelVersionStatus.State.AVAILABLE
 _MAX_MESSAGE = 64 * 1024 * 1024
 _PREDICT = "/tensorflow.serving.PredictionService/Predict"
 _STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
-
-
-def _protos() -> tuple[Any, Any]:
-    # Imported when the transport is built, not at module import (the protos pull in the tensorflow package).
-    from tensorflow_serving.apis import get_model_status_pb2, predict_pb2
-
-    return predict_pb2, get_model_status_pb2
 
 
 def tensor_to_numpy(tensor: Any) -> np.ndarray:
@@ -73,7 +69,6 @@ class GrpcTransport:
         self._health_timeout = health_timeout_s
         self._connect_timeout = connect_timeout_s
         self.client = client
-        self._predict_pb2, self._status_pb2 = _protos()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._predict: dict[str, Any] = {}
         self._status: dict[str, Any] = {}
@@ -97,13 +92,13 @@ class GrpcTransport:
         self._channels[target] = channel
         self._predict[target] = channel.unary_unary(
             _PREDICT,
-            request_serializer=self._predict_pb2.PredictRequest.SerializeToString,
-            response_deserializer=self._predict_pb2.PredictResponse.FromString,
+            request_serializer=PredictRequestProto.SerializeToString,
+            response_deserializer=PredictResponse.FromString,
         )
         self._status[target] = channel.unary_unary(
             _STATUS,
-            request_serializer=self._status_pb2.GetModelStatusRequest.SerializeToString,
-            response_deserializer=self._status_pb2.GetModelStatusResponse.FromString,
+            request_serializer=GetModelStatusRequest.SerializeToString,
+            response_deserializer=GetModelStatusResponse.FromString,
         )
 
     def _h2_channel(self, target: str) -> tuple[h2grpc.H2Channel, bytes, bytes]:
@@ -134,7 +129,7 @@ class GrpcTransport:
         return table[target]
 
     def build_request(self, model: str, version: str | None, batch: np.ndarray) -> Any:
-        req = self._predict_pb2.PredictRequest()
+        req = PredictRequestProto()
         req.model_spec.name = model
         req.model_spec.signature_name = SIGNATURE_NAME
         if version:
@@ -176,7 +171,7 @@ class GrpcTransport:
         if self.client == "h2":
             answer = await self._h2_call(replica, "predict", request.SerializeToString(), self._timeout)
             try:
-                resp = self._predict_pb2.PredictResponse.FromString(answer)
+                resp = PredictResponse.FromString(answer)
             except Exception as exc:  # protobuf's DecodeError, and anything else a broken answer raises
                 raise BadGateway(f"upstream {replica.address} answered an undecodable message: {exc}") from None
         else:
@@ -197,11 +192,11 @@ class GrpcTransport:
         )
 
     async def probe(self, replica: Replica, model: str) -> int | None:
-        request = self._status_pb2.GetModelStatusRequest()
+        request = GetModelStatusRequest()
         request.model_spec.name = model
         if self.client == "h2":
             answer = await self._h2_call(replica, "status", request.SerializeToString(), self._health_timeout)
-            resp = self._status_pb2.GetModelStatusResponse.FromString(answer)
+            resp = GetModelStatusResponse.FromString(answer)
         else:
             call = self._stub(self._status, replica.address)
             try:

@@ -28,6 +28,7 @@ from gateway.errors import UpstreamTimeout
 from gateway.upstreams import h2grpc
 from gateway.upstreams.balancer import Replica
 from gateway.upstreams.grpc import GrpcTransport
+from gateway.upstreams.tfs_protos import PredictResponse
 from gateway.validation import PredictRequest
 from tests.gateway.conftest import Procs, tf_compat
 
@@ -506,18 +507,17 @@ async def test_predict_equals_grpcio_and_golden(compat_target: str, golden: dict
     images = np.resize(golden["images"], (batch, 28, 28, 1)).astype(np.float32)
     t = GrpcTransport(timeout_s=30, health_timeout_s=5)
     request = t.build_request("cnn", None, images)
-    pb = t._predict_pb2
     path = "/tensorflow.serving.PredictionService/Predict"
     ch = h2grpc.H2Channel(compat_target, connect_timeout_s=5)
     channel = grpc.aio.insecure_channel(compat_target, options=[("grpc.max_receive_message_length", 1 << 26)])
     try:
-        ours = pb.PredictResponse.FromString(
+        ours = PredictResponse.FromString(
             await ch.unary(h2grpc.header_block(compat_target, path, 30), request.SerializeToString())
         )
         stub = channel.unary_unary(
             path,
             request_serializer=type(request).SerializeToString,
-            response_deserializer=pb.PredictResponse.FromString,
+            response_deserializer=PredictResponse.FromString,
         )
         theirs = await stub(request, timeout=30)
     finally:

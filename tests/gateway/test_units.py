@@ -77,7 +77,14 @@ def test_grpc_codes_map_like_tf_serving_rest(code: str, status: int) -> None:
 def test_tensor_decoding_both_encodings_and_request_building() -> None:
     from tensorflow.core.framework import tensor_pb2
 
-    from gateway.upstreams.grpc import GrpcTransport, tensor_to_numpy
+    from gateway.upstreams import tfs_protos
+    from gateway.upstreams.grpc import GrpcTransport
+
+    def tensor_to_numpy(real: tensor_pb2.TensorProto) -> np.ndarray:
+        # Encoded by TensorFlow's own class, read as the gateway reads an answer (its own class, no TF).
+        from gateway.upstreams.grpc import tensor_to_numpy as decode
+
+        return decode(tfs_protos.TensorProto.FromString(real.SerializeToString()))
 
     t = tensor_pb2.TensorProto(dtype=1)
     t.tensor_shape.dim.add().size = 2
@@ -94,10 +101,11 @@ def test_tensor_decoding_both_encodings_and_request_building() -> None:
     batch = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
     req = GrpcTransport(timeout_s=1, health_timeout_s=1).build_request("cnn", "2", batch)
     assert req.model_spec.version.value == 2 and req.model_spec.signature_name == "serving_default"
-    # The hand-built proto equals what tf.make_tensor_proto would send.
+    # The hand-built proto, read back by TensorFlow's own TensorProto, is the batch.
     import tensorflow as tf
 
-    np.testing.assert_array_equal(tf.make_ndarray(req.inputs["images"]), batch)
+    sent = tensor_pb2.TensorProto.FromString(req.inputs["images"].SerializeToString())
+    np.testing.assert_array_equal(tf.make_ndarray(sent), batch)
 
 
 IMG = np.zeros((28, 28, 1)).tolist()
