@@ -1,39 +1,22 @@
-"""The two protobuf messages the load generator needs, in protobuf wire format by hand.
+"""The two protobuf messages the load generator needs: PredictRequests built once before a run, and
+the `classes` output read back from each PredictResponse.
 
-`tensorflow_serving.apis` imports all of TensorFlow (seconds and hundreds of MB per worker process);
-the generator only builds PredictRequests and reads `classes` from PredictResponses, which takes a
-few lines. tests/loadtest/test_grpc_wire.py checks both against the real predict_pb2.
+The messages are the gateway's own declarations of TF Serving's (gateway/upstreams/tfs_protos.py):
+`tensorflow_serving.apis` would import all of TensorFlow (seconds and hundreds of MB per worker
+process). tests/loadtest/test_grpc_wire.py checks both against the real predict_pb2.
 """
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
+from google.protobuf.message import DecodeError
+
+from gateway.upstreams.tfs_protos import PredictRequest, PredictResponse
 
 DT_FLOAT = 1
-DT_INT64 = 9
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    value &= (1 << 64) - 1
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def _field_varint(number: int, value: int) -> bytes:
-    return _varint(number << 3) + _varint(value)
+# The integer types a `classes` tensor may come in, and the field holding their values when the
+# server did not use tensor_content (tensorflow/core/framework/types.proto, tensor.proto).
+_INT_TYPES = {3: (np.int32, "int_val"), 9: (np.int64, "int64_val")}  # DT_INT32, DT_INT64
 
 
 def encode_predict_request(
@@ -41,75 +24,31 @@ def encode_predict_request(
 ) -> bytes:
     """Serialized tensorflow.serving.PredictRequest with one float32 tensor in tensor_content."""
     arr = np.ascontiguousarray(batch, dtype=np.float32)
-    shape = b"".join(_field(2, _field_varint(1, int(d))) for d in arr.shape)
-    tensor = _field_varint(1, DT_FLOAT) + _field(2, shape) + _field(4, arr.tobytes())
-    spec = _field(1, model_name.encode()) + _field(3, signature.encode())
-    entry = _field(1, input_name.encode()) + _field(2, tensor)
-    return _field(1, spec) + _field(2, entry)
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes):
-    """Yield (field number, wire type, value) for one message level."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-            yield number, wire, value
-        elif wire == 2:
-            length, pos = _read_varint(buf, pos)
-            yield number, wire, buf[pos : pos + length]
-            pos += length
-        elif wire == 1:
-            yield number, wire, buf[pos : pos + 8]
-            pos += 8
-        elif wire == 5:
-            yield number, wire, buf[pos : pos + 4]
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
-def _tensor_int64(tensor: bytes) -> list[int]:
-    content = b""
-    values: list[int] = []
-    for number, wire, value in _fields(tensor):
-        if number == 4 and wire == 2:
-            content = value
-        elif number == 10 and wire == 2:  # packed int64_val
-            pos = 0
-            while pos < len(value):
-                v, pos = _read_varint(value, pos)
-                values.append(v - (1 << 64) if v >= 1 << 63 else v)
-        elif number == 10 and wire == 0:
-            values.append(value)
-    if content:
-        return list(struct.unpack(f"<{len(content) // 8}q", content))
-    return values
+    req = PredictRequest()
+    req.model_spec.name = model_name
+    req.model_spec.signature_name = signature
+    tensor = req.inputs[input_name]
+    tensor.dtype = DT_FLOAT
+    for size in arr.shape:
+        tensor.tensor_shape.dim.add().size = size
+    tensor.tensor_content = arr.tobytes()
+    return bytes(req.SerializeToString())
 
 
 def decode_output_int64(response: bytes, output: str = "classes") -> list[int] | None:
-    """The int64 values of one output of a serialized PredictResponse (None when it is absent)."""
-    for number, wire, value in _fields(response):
-        if number == 1 and wire == 2:  # outputs map entry
-            key, tensor = b"", b""
-            for n, _w, v in _fields(value):
-                if n == 1:
-                    key = v
-                elif n == 2:
-                    tensor = v
-            if key.decode() == output:
-                return _tensor_int64(tensor)
-    return None
+    """The integer values of one output of a serialized PredictResponse (None when it is absent).
+    ValueError when the bytes are no PredictResponse or the output is no integer tensor."""
+    try:
+        resp = PredictResponse.FromString(response)
+    except DecodeError as exc:
+        raise ValueError(f"undecodable PredictResponse: {exc}") from None
+    if output not in resp.outputs:
+        return None
+    tensor = resp.outputs[output]
+    kind = _INT_TYPES.get(tensor.dtype)
+    if kind is None:
+        raise ValueError(f"output {output!r} has dtype {tensor.dtype}, not an integer type")
+    dtype, field = kind
+    if tensor.tensor_content:
+        return [int(v) for v in np.frombuffer(tensor.tensor_content, dtype=dtype)]
+    return [int(v) for v in getattr(tensor, field)]

@@ -296,7 +296,10 @@ class GrpcClient:
             if code == self._grpc.StatusCode.UNAVAILABLE:
                 raise RequestFailed(ERR_CONNECT, exc.details() or "") from exc
             raise RequestFailed(f"grpc_{code.name}", exc.details() or "") from exc
-        classes = decode_output_int64(resp, "classes")
+        try:
+            classes = decode_output_int64(resp, "classes")
+        except ValueError as exc:
+            raise RequestFailed(ERR_PROTOCOL, str(exc)) from exc
         if classes is None:
             raise RequestFailed(ERR_PROTOCOL, "PredictResponse has no `classes` output")
         return sent, classes

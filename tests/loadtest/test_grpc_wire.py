@@ -1,6 +1,7 @@
-"""The hand-written PredictRequest/PredictResponse codec agrees with tensorflow_serving's real protos."""
+"""The load generator's PredictRequest/PredictResponse codec agrees with tensorflow_serving's real protos."""
 
 import numpy as np
+import pytest
 
 from gateway.loadtest.grpc_wire import decode_output_int64, encode_predict_request
 
@@ -31,3 +32,20 @@ def test_response_classes_decode_both_encodings():
     resp.outputs["classes"].int64_val.extend([1, 9, 0])
     assert decode_output_int64(resp.SerializeToString()) == [1, 9, 0]
     assert decode_output_int64(resp.SerializeToString(), "missing") is None
+    # int32 classes (int_val), as a model exported with int32 outputs answers
+    resp.outputs["classes"].Clear()
+    resp.outputs["classes"].dtype = 3
+    resp.outputs["classes"].int_val.extend([4, 2])
+    assert decode_output_int64(resp.SerializeToString()) == [4, 2]
+
+
+def test_a_broken_or_foreign_answer_is_a_value_error():
+    from tensorflow_serving.apis import predict_pb2
+
+    with pytest.raises(ValueError, match="undecodable"):
+        decode_output_int64(b"\x0a\xff\xff\xff\x0f")  # a field longer than the message
+    resp = predict_pb2.PredictResponse()
+    resp.outputs["classes"].dtype = 1  # float classes
+    resp.outputs["classes"].float_val.append(1.0)
+    with pytest.raises(ValueError, match="not an integer type"):
+        decode_output_int64(resp.SerializeToString())
