@@ -50,5 +50,5 @@ def decode_output_int64(response: bytes, output: str = "classes") -> list[int] |
         raise ValueError(f"output {output!r} has dtype {tensor.dtype}, not an integer type")
     dtype, field = kind
     if tensor.tensor_content:
-        return [int(v) for v in np.frombuffer(tensor.tensor_content, dtype=dtype)]
-    return [int(v) for v in getattr(tensor, field)]
+        return list(np.frombuffer(tensor.tensor_content, dtype=dtype).tolist())
+    return list(getattr(tensor, field))
