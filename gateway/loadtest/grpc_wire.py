@@ -8,6 +8,8 @@ process). tests/loadtest/test_grpc_wire.py checks both against the real predict_
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from google.protobuf.message import DecodeError
 
@@ -32,7 +34,7 @@ def encode_predict_request(
     for size in arr.shape:
         tensor.tensor_shape.dim.add().size = size
     tensor.tensor_content = arr.tobytes()
-    return bytes(req.SerializeToString())
+    return req.SerializeToString()
 
 
 def decode_output_int64(response: bytes, output: str = "classes") -> list[int] | None:
@@ -47,8 +49,14 @@ def decode_output_int64(response: bytes, output: str = "classes") -> list[int] |
     tensor = resp.outputs[output]
     kind = _INT_TYPES.get(tensor.dtype)
     if kind is None:
-        raise ValueError(f"output {output!r} has dtype {tensor.dtype}, not an integer type")
+        raise ValueError(f"output {output!r} has dtype {tensor.dtype}, not int32 or int64")
     dtype, field = kind
+    values: list[int]
     if tensor.tensor_content:
-        return list(np.frombuffer(tensor.tensor_content, dtype=dtype).tolist())
-    return list(getattr(tensor, field))
+        values = np.frombuffer(tensor.tensor_content, dtype=dtype).tolist()
+    else:
+        values = list(getattr(tensor, field))
+    size = math.prod(d.size for d in tensor.tensor_shape.dim)
+    if len(values) == 1 and size > 1:  # TF's compact form: one value for the whole shape
+        values *= size
+    return values

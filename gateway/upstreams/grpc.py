@@ -10,6 +10,7 @@ a grpc.aio channel (GATEWAY_TF_GRPC_CLIENT=grpcio). Both map failures the same w
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from gateway.upstreams.pool import PredictResult, ReplicaDown
 from gateway.upstreams.tfs_protos import GetModelStatusRequest, GetModelStatusResponse, PredictResponse
 from gateway.upstreams.tfs_protos import PredictRequest as PredictRequestProto
 from gateway.validation import PredictRequest
-from serving_core.contract import INPUT_NAME, SIGNATURE_NAME
+from serving_core.contract import INPUT_NAME, NUM_CLASSES, OUTPUT_CLASSES, OUTPUT_PROBABILITIES, SIGNATURE_NAME
 
 # tensorflow/core/framework/types.proto
 _DT_FLOAT, _DT_DOUBLE, _DT_INT32, _DT_INT64 = 1, 2, 3, 9
@@ -36,16 +37,30 @@ _PREDICT = "/tensorflow.serving.PredictionService/Predict"
 _STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
 
 
-def tensor_to_numpy(tensor: Any) -> np.ndarray:
-    """TensorProto -> ndarray, from `tensor_content` or the typed repeated field (TF Serving uses either)."""
+def tensor_to_numpy(tensor: Any, max_values: int | None = None) -> np.ndarray:
+    """TensorProto -> ndarray, from `tensor_content` or the typed repeated field (TF Serving uses either).
+
+    A tensor that does not add up (bytes or values that do not fill its shape, a negative dimension) is
+    an UpstreamError (502). So is one of more than `max_values` values, before anything is allocated:
+    TF's compact form (one value for the whole shape) would otherwise let a broken upstream's
+    `[2**30]` make the gateway allocate gigabytes."""
     dtype = _NUMPY.get(tensor.dtype)
     if dtype is None:
         raise UpstreamError(f"unsupported output dtype {tensor.dtype}", status=502)
     shape = [d.size for d in tensor.tensor_shape.dim]
+    if any(d < 0 for d in shape):
+        raise UpstreamError(f"output tensor of unknown shape {shape}", status=502)
+    size = math.prod(shape)
+    if max_values is not None and size > max_values:
+        raise UpstreamError(
+            f"output tensor of shape {shape} has more than the {max_values} values expected", status=502
+        )
     if tensor.tensor_content:
-        return np.frombuffer(tensor.tensor_content, dtype=dtype).reshape(shape)
+        content = tensor.tensor_content
+        if len(content) != size * np.dtype(dtype).itemsize:
+            raise UpstreamError(f"output tensor has {len(content)} bytes of content for shape {shape}", status=502)
+        return np.frombuffer(content, dtype=dtype).reshape(shape)
     values = np.asarray(getattr(tensor, _VALUE_FIELD[tensor.dtype]), dtype=dtype)
-    size = int(np.prod(shape)) if shape else 1
     if values.size == size:
         return values.reshape(shape)
     if values.size == 1:  # TF's compact form: one value repeated over the whole shape
@@ -180,7 +195,17 @@ class GrpcTransport:
                 resp = await call(request, timeout=self._timeout)
             except grpc.aio.AioRpcError as exc:
                 raise _map_rpc_error(exc, replica) from None
-        tensors = {name: tensor_to_numpy(t) for name, t in resp.outputs.items()}
+            if resp is None:  # grpc.aio's answer when the response deserializer failed
+                raise BadGateway(f"upstream {replica.address} answered an undecodable message")
+        n = len(inp.images)
+        # The largest output of the contract for this batch ([n, 10] probabilities), as in the REST binary wire.
+        tensors = {name: tensor_to_numpy(t, n * NUM_CLASSES) for name, t in resp.outputs.items()}
+        probs, classes = tensors.get(OUTPUT_PROBABILITIES), tensors.get(OUTPUT_CLASSES)
+        if probs is not None and classes is not None and (probs.shape != (n, NUM_CLASSES) or classes.shape != (n,)):
+            raise BadGateway(
+                f"upstream {replica.address} answered outputs of shapes {list(probs.shape)} and "
+                f"{list(classes.shape)} for {n} images"
+            )
         got = resp.model_spec.version.value if resp.model_spec.HasField("version") else None
         return PredictResult(
             body=None,

@@ -6,7 +6,7 @@ completion to the event loop through a poller), more than the gateway's whole 0.
 The gateway only makes unary calls to TF Serving over plaintext HTTP/2 (h2c), which needs a small
 part of the protocol: this module frames them on the event loop's own socket, with the request's
 header block encoded once, and `hpack` (python-hyper's HPACK, stateful per connection) for the
-answers' headers. Messages are the generated `tensorflow-serving-api` protobufs either way.
+answers' headers. Messages are TF Serving's protobufs either way (declared in tfs_protos.py).
 
 What it implements of RFC 9113 (HTTP/2) and the gRPC wire protocol (PROTOCOL-HTTP2.md):
 - the connection preface and SETTINGS in both directions (ACKed), PING answered, GOAWAY obeyed (calls

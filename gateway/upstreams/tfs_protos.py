@@ -2,13 +2,14 @@
 
 `tensorflow_serving.apis.predict_pb2` imports `tensorflow.core.framework.tensor_pb2`, and importing
 any `tensorflow.*` module runs `tensorflow/__init__.py`: all of TensorFlow. Measured on the 2-vCPU
-VM, that one import took 3.5 s and left the gateway process at 612 MB resident with 324,000 objects
-for the garbage collector to walk, for a proxy that only copies a float32 tensor into a message and
-reads two tensors back.
+VM (docs/benchmarks.md), a gateway that imported them was ready 4-5 s after start and held 648 MiB
+resident; without them, 0.7 s and 84 MiB. All that for a proxy that only copies a float32 tensor
+into a message and reads two tensors back.
 
 So the messages are declared here: the subset of fields the gateway uses, with the same full names,
 field numbers and types as tensorflow_serving/apis/*.proto and tensorflow/core/framework/*.proto
-(TF Serving 2.21). They live in a private descriptor pool, so they never clash with the real ones
+(checked against tensorflow-serving-api 2.21; these fields are the same in the TF Serving releases
+the compose files deploy). They live in a private descriptor pool, so they never clash with the real ones
 when both are loaded in one process (the tests do that). The classes are protobuf's own (the upb
 C backend), so parsing is as strict and as fast as with the generated modules. Fields left out
 (string_val, half_val, predict_streamed_options, ...) are kept as unknown fields by the parser and
@@ -35,9 +36,17 @@ Field = tuple[Any, ...]
 
 
 def _message(
-    container: Any, name: str, fields: list[Field], *, nested: tuple[Any, ...] = (), map_entry: bool = False
+    container: Any,
+    name: str,
+    fields: list[Field],
+    *,
+    nested: tuple[Any, ...] = (),
+    map_entry: bool = False,
+    oneof: tuple[str, set[str]] | None = None,
 ) -> Any:
     msg = container.add(name=name)
+    if oneof is not None:
+        msg.oneof_decl.add(name=oneof[0])
     for spec in fields:
         name_, number, ftype = spec[0], spec[1], spec[2]
         field = msg.field.add(name=name_, number=number, type=ftype, label=_F.LABEL_OPTIONAL)
@@ -46,6 +55,8 @@ def _message(
                 field.label = _REPEATED
             else:
                 field.type_name = extra
+        if oneof is not None and name_ in oneof[1]:
+            field.oneof_index = 0
     for build in nested:
         build(msg)
     if map_entry:
@@ -109,7 +120,14 @@ def _serving_file() -> descriptor_pb2.FileDescriptorProto:
     _message(
         fd.message_type,
         "ModelSpec",
-        [("name", 1, _STRING), ("version", 2, _MESSAGE, ".google.protobuf.Int64Value"), ("signature_name", 3, _STRING)],
+        [
+            ("name", 1, _STRING),
+            ("version", 2, _MESSAGE, ".google.protobuf.Int64Value"),
+            ("signature_name", 3, _STRING),
+            ("version_label", 4, _STRING),
+        ],
+        # A version_label after a version clears it, as in TF Serving's own class.
+        oneof=("version_choice", {"version", "version_label"}),
     )
     _message(
         fd.message_type,
@@ -164,19 +182,3 @@ PredictRequest = _class("tensorflow.serving.PredictRequest")
 PredictResponse = _class("tensorflow.serving.PredictResponse")
 GetModelStatusRequest = _class("tensorflow.serving.GetModelStatusRequest")
 GetModelStatusResponse = _class("tensorflow.serving.GetModelStatusResponse")
-
-# The messages declared here, by full name (what the tests compare with the real descriptors).
-MESSAGES = (
-    "tensorflow.TensorShapeProto",
-    "tensorflow.TensorShapeProto.Dim",
-    "tensorflow.TensorProto",
-    "tensorflow.serving.ModelSpec",
-    "tensorflow.serving.PredictRequest",
-    "tensorflow.serving.PredictRequest.InputsEntry",
-    "tensorflow.serving.PredictResponse",
-    "tensorflow.serving.PredictResponse.OutputsEntry",
-    "tensorflow.serving.StatusProto",
-    "tensorflow.serving.ModelVersionStatus",
-    "tensorflow.serving.GetModelStatusRequest",
-    "tensorflow.serving.GetModelStatusResponse",
-)

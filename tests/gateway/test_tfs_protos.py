@@ -10,28 +10,69 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-from google.protobuf import descriptor_pool
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from gateway.loadtest import grpc_wire
+from gateway.upstreams import grpc as grpc_upstream
 from gateway.upstreams import tfs_protos
 
-tfs_apis = pytest.importorskip("tensorflow_serving.apis", reason="tensorflow-serving-api is not installed")
-from tensorflow_serving.apis import get_model_status_pb2, predict_pb2  # noqa: E402
-
 _ENUM, _INT32 = FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_INT32
+_FILES = ("gateway/tfs_subset/tensorflow.proto", "gateway/tfs_subset/serving.proto")
 
 
-def _real(full_name: str):
-    return descriptor_pool.Default().FindMessageTypeByName(full_name)
+def _declared() -> Iterator[Descriptor]:
+    """Every message type declared in tfs_protos, nested ones included."""
+
+    def walk(desc: Descriptor) -> Iterator[Descriptor]:
+        yield desc
+        for nested in desc.nested_types:
+            yield from walk(nested)
+
+    for name in _FILES:
+        for desc in tfs_protos.POOL.FindFileByName(name).message_types_by_name.values():
+            yield from walk(desc)
 
 
-@pytest.mark.parametrize("full_name", tfs_protos.MESSAGES)
-def test_every_field_matches_the_real_descriptor(full_name: str) -> None:
+DECLARED = sorted(d.full_name for d in _declared())
+
+
+@pytest.fixture(scope="module")
+def real_pool() -> Any:
+    """The default pool, holding tensorflow-serving-api's generated descriptors."""
+    pytest.importorskip("tensorflow_serving.apis", reason="tensorflow-serving-api is not installed")
+    from google.protobuf import descriptor_pool
+    from tensorflow_serving.apis import get_model_status_pb2, predict_pb2  # noqa: F401  (registers them)
+
+    return descriptor_pool.Default()
+
+
+@pytest.fixture(scope="module")
+def predict_pb2(real_pool: Any) -> Any:
+    from tensorflow_serving.apis import predict_pb2
+
+    return predict_pb2
+
+
+@pytest.fixture(scope="module")
+def get_model_status_pb2(real_pool: Any) -> Any:
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    return get_model_status_pb2
+
+
+def test_every_message_is_walked() -> None:
+    assert len(DECLARED) == 12 and "tensorflow.serving.PredictResponse.OutputsEntry" in DECLARED
+
+
+@pytest.mark.parametrize("full_name", DECLARED)
+def test_every_field_matches_the_real_descriptor(full_name: str, real_pool: Any) -> None:
     ours = tfs_protos.POOL.FindMessageTypeByName(full_name)
-    real = _real(full_name)
+    real = real_pool.FindMessageTypeByName(full_name)
     assert ours.fields, full_name
     assert ours.GetOptions().map_entry == real.GetOptions().map_entry
     for field in ours.fields:
@@ -45,9 +86,18 @@ def test_every_field_matches_the_real_descriptor(full_name: str) -> None:
             assert field.message_type.full_name == twin.message_type.full_name, field.name
         if field.is_repeated and field.message_type is None:
             assert field.is_packed == twin.is_packed, field.name  # packed numbers, as proto3 sends them
+        ours_oneof, real_oneof = field.containing_oneof, twin.containing_oneof
+        assert (ours_oneof and ours_oneof.name) == (real_oneof and real_oneof.name), field.name
 
 
-def _real_request() -> predict_pb2.PredictRequest:
+def test_every_field_the_gateway_reads_is_declared() -> None:
+    tensor = tfs_protos.TensorProto.DESCRIPTOR.fields_by_name
+    read = {"dtype", "tensor_shape", "tensor_content"} | set(grpc_upstream._VALUE_FIELD.values())
+    read |= {field for _, field in grpc_wire._INT_TYPES.values()}
+    assert read <= set(tensor), read - set(tensor)
+
+
+def _real_request(predict_pb2: Any) -> Any:
     req = predict_pb2.PredictRequest()
     req.model_spec.name = "cnn"
     req.model_spec.version.value = 3
@@ -61,17 +111,24 @@ def _real_request() -> predict_pb2.PredictRequest:
     return req
 
 
-def test_a_request_reads_the_same_both_ways() -> None:
-    real = _real_request()
+def test_a_request_reads_the_same_both_ways(predict_pb2: Any) -> None:
+    real = _real_request(predict_pb2)
     ours = tfs_protos.PredictRequest.FromString(real.SerializeToString())
     assert ours.model_spec.version.value == 3 and ours.model_spec.HasField("version")
     assert [d.size for d in ours.inputs["images"].tensor_shape.dim] == [2, 28, 28, 1]
     assert list(ours.output_filter) == ["classes"]
     # Back again: TensorFlow's class reads ours as the message it sent.
     assert predict_pb2.PredictRequest.FromString(ours.SerializeToString()) == real
+    # ModelSpec's version and version_label are one oneof: a label arriving after a version replaces it.
+    labelled = predict_pb2.PredictRequest()
+    labelled.model_spec.version_label = "stable"
+    both = real.SerializeToString() + labelled.SerializeToString()  # concatenated messages merge
+    ours, theirs = tfs_protos.PredictRequest.FromString(both), predict_pb2.PredictRequest.FromString(both)
+    assert not theirs.model_spec.HasField("version")
+    assert not ours.model_spec.HasField("version") and ours.model_spec.version_label == "stable"
 
 
-def test_an_answer_in_every_encoding_tf_serving_uses_is_read() -> None:
+def test_an_answer_in_every_encoding_tf_serving_uses_is_read(predict_pb2: Any) -> None:
     real = predict_pb2.PredictResponse()
     real.model_spec.name = "cnn"
     real.model_spec.version.value = 7
@@ -93,7 +150,7 @@ def test_an_answer_in_every_encoding_tf_serving_uses_is_read() -> None:
     assert predict_pb2.PredictResponse.FromString(ours.SerializeToString()) == real
 
 
-def test_model_status_reads_the_same() -> None:
+def test_model_status_reads_the_same(get_model_status_pb2: Any) -> None:
     real = get_model_status_pb2.GetModelStatusResponse()
     for version, state in ((1, 30), (2, 40)):
         s = real.model_version_status.add()

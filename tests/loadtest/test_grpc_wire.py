@@ -37,6 +37,12 @@ def test_response_classes_decode_both_encodings():
     resp.outputs["classes"].dtype = 3
     resp.outputs["classes"].int_val.extend([4, 2])
     assert decode_output_int64(resp.SerializeToString()) == [4, 2]
+    # TF's compact form: one value for the whole shape
+    resp.outputs["classes"].Clear()
+    resp.outputs["classes"].dtype = 9
+    resp.outputs["classes"].tensor_shape.dim.add().size = 3
+    resp.outputs["classes"].int64_val.append(5)
+    assert decode_output_int64(resp.SerializeToString()) == [5, 5, 5]
 
 
 def test_a_broken_or_foreign_answer_is_a_value_error():
@@ -47,5 +53,5 @@ def test_a_broken_or_foreign_answer_is_a_value_error():
     resp = predict_pb2.PredictResponse()
     resp.outputs["classes"].dtype = 1  # float classes
     resp.outputs["classes"].float_val.append(1.0)
-    with pytest.raises(ValueError, match="not an integer type"):
+    with pytest.raises(ValueError, match="not int32 or int64"):
         decode_output_int64(resp.SerializeToString())
