@@ -20,9 +20,10 @@ What it implements of RFC 9113 (HTTP/2) and the gRPC wire protocol (PROTOCOL-HTT
   one answer may make us buffer.
 Not implemented (not needed against TF Serving): TLS, server push (disabled in our SETTINGS),
 compression, streaming calls, client keepalive PINGs. A connection that died silently is found by
-the next call that times out on it (`H2Channel.drop_if_silent`), and the gateway's health probe goes
-through the same connection every GATEWAY_HEALTH_INTERVAL_S, so that happens within seconds; pinging
-more often than every 5 minutes would break grpc servers' default ping policy (GOAWAY "too_many_pings").
+the next call that times out on it (`H2Channel.drop_if_silent`: later calls use a new connection),
+and the gateway's health probe goes through the same connection every GATEWAY_HEALTH_INTERVAL_S, so
+that happens within seconds; pinging more often than every 5 minutes would break grpc servers'
+default ping policy (GOAWAY "too_many_pings").
 """
 
 from __future__ import annotations
@@ -697,11 +698,17 @@ class H2Channel:
 
     def drop_if_silent(self, since: float) -> None:
         """After a call timed out: if the connection has received nothing at all since `since`, it may be
-        dead without having been closed (a vanished host, a dropped route), so close it; the calls still
-        on it fail as ConnectionLost and the next call connects afresh."""
+        dead without having been closed (a vanished host, a dropped route, a frozen server), so the next
+        call connects afresh. The calls still on the old connection keep their own deadlines, each ending
+        answered or timed out as on any connection, and it closes once the last is done. (Failing them
+        at once, as this did first, turned one timeout into a burst of "unavailable" errors for the
+        calls sent at about the same moment.)"""
         conn = self._conn
         if conn is not None and conn.lost is None and conn.last_received < since:
-            conn.abort(ConnectionLost("no answer and no frame from the server before the call's timeout"), NO_ERROR)
+            self._conn = None
+            conn.drain()
+            if not conn.idle:
+                self._draining.append(conn)
 
     def close(self) -> None:
         for conn in [self._conn, *self._draining]:

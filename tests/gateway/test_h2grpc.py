@@ -286,6 +286,39 @@ async def test_silent_connection_is_replaced_after_a_timeout() -> None:
         server.close()
 
 
+async def test_calls_on_a_server_gone_silent_each_end_at_their_own_deadline() -> None:
+    """A server that stops answering on a live connection (a frozen process): the first call to time out
+    sends the next calls to a new connection, and the calls already waiting on the old one still end as
+    timeouts (504) at their own deadlines, not all at once as a lost connection (503 after the retry)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        writer.write(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # its SETTINGS (empty), then nothing
+        await reader.read()
+
+    server = await asyncio.start_server(frozen, "127.0.0.1", 0)
+    replica = Replica("tf", f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    transport = GrpcTransport(timeout_s=0.3, health_timeout_s=0.3, client="h2")
+    inp = PredictRequest("row", "serving_default", np.zeros((1, 28, 28, 1), np.float32))
+    try:
+        channel = transport._h2_channel(replica.address)[0]
+        await channel._connection()  # connected and settled before the server "freezes"
+        await asyncio.sleep(0.02)
+        calls = []
+        for _ in range(4):
+            calls.append(asyncio.ensure_future(transport.predict(replica, "cnn", None, inp, None)))
+            await asyncio.sleep(0.02)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert [type(o).__name__ for o in outcomes] == ["UpstreamTimeout"] * 4
+        with pytest.raises(UpstreamTimeout):
+            await transport.predict(replica, "cnn", None, inp, None)
+        assert len(accepted) == 2  # the call after the first timeout went to a new connection
+    finally:
+        await transport.close()
+        server.close()
+
+
 async def test_answer_before_the_upload_ends_is_not_lost(server: TestServer) -> None:
     """The server answers (here: UNIMPLEMENTED) while our 8 MB request still waits for its 4 MiB
     stream window: the call ends with that answer at once, not at its timeout."""
