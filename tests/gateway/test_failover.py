@@ -1,11 +1,11 @@
-"""Failures of the REAL backends behind the gateway: a torch replica killed under load, the TF backend
-frozen (alive, but answering nothing) and thawed, then the whole TF backend killed. The tests run in
+"""Failures of the REAL backends behind the gateway: a torch replica killed under load, each backend in
+turn frozen (alive, but answering nothing) and thawed under the other's traffic, then the whole TF
+backend killed. The tests run in
 file order on one stack (each needs the survivors of the ones before), each asserting what it relies on."""
 
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,58 +53,65 @@ def test_torch_replica_killed_under_load_no_client_errors(stack: dict, golden: d
     assert by_addr[stack["url_a"]]["in_rotation"] is True
 
 
-def test_tf_frozen_torch_keeps_its_latency_and_tf_recovers(stack: dict, golden: dict) -> None:
+def _freeze_under_traffic(gw: str, frozen: ManagedProcess, frozen_backend: str, other: str, golden: dict) -> None:
     """A backend that takes calls and never answers (SIGSTOP: a stuck process, a full queue) must cost the
-    other backend nothing: TF's calls end in 504 at the upstream time limit, torch's meanwhile answer at
-    their usual speed, and TF serves again once it wakes."""
+    other backend nothing: the frozen one's calls end in 504 at the upstream time limit, each at its own
+    deadline, the other's meanwhile answer at their usual speed, and the frozen one serves again once it
+    wakes."""
     body = orjson.dumps({"instances": golden["images"][:2]}, option=orjson.OPT_SERIALIZE_NUMPY)
-    gw = stack["gw"]
-    tf: ManagedProcess = stack["tf"]
-    assert httpx.post(f"{gw}/v1/models/cnn:predict?backend=tf", content=body, timeout=30).status_code == 200
-    tf.signal(signal.SIGSTOP)
+    frozen_path = f"/v1/models/cnn:predict?backend={frozen_backend}"
+    assert httpx.post(f"{gw}{frozen_path}", content=body, timeout=30).status_code == 200
+    frozen.signal(signal.SIGSTOP)
     try:
-        tf_results: list[tuple[int, str, float]] = []
-        done = threading.Event()
+        results: list[tuple[int, str, float]] = []
 
-        def tf_call() -> None:
+        def frozen_call() -> None:
             t0 = time.monotonic()
-            r = httpx.post(f"{gw}/v1/models/cnn:predict?backend=tf", content=body, timeout=30)
-            tf_results.append((r.status_code, r.json().get("error", ""), time.monotonic() - t0))
+            r = httpx.post(f"{gw}{frozen_path}", content=body, timeout=30)
+            results.append((r.status_code, r.json().get("error", ""), time.monotonic() - t0))
 
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(tf_call) for _ in range(8)]
-            torch_latencies = []
+            futures = [pool.submit(frozen_call) for _ in range(8)]
+            latencies = []
             with httpx.Client(base_url=gw, timeout=30) as client:
-                t_end = time.monotonic() + 2.5  # past the 2 s upstream limit the TF calls are waiting out
+                t_end = time.monotonic() + 2.5  # past the 2 s upstream limit the frozen calls are waiting out
                 while time.monotonic() < t_end:
                     t0 = time.monotonic()
-                    r = client.post("/v1/models/cnn:predict?backend=torch", content=body)
-                    torch_latencies.append(time.monotonic() - t0)
+                    r = client.post(f"/v1/models/cnn:predict?backend={other}", content=body)
+                    latencies.append(time.monotonic() - t0)
                     assert r.status_code == 200, r.text
             for f in futures:
                 f.result()
-            done.set()
-        assert len(tf_results) == 8
-        for status, error, elapsed in tf_results:
+        assert len(results) == 8
+        for status, error, elapsed in results:
             # Each at its own time limit: none failed early as "unavailable" when the first timed out.
             assert status == 504 and "timed out after 2s" in error, (status, error)
             assert 1.9 < elapsed < 4.0, elapsed
-        torch_latencies.sort()
-        assert len(torch_latencies) >= 20
-        # The worst torch call while TF was frozen: nowhere near the 2 s TF calls were held for.
-        assert torch_latencies[-1] < 0.5, torch_latencies[-5:]
+        latencies.sort()
+        assert len(latencies) >= 20
+        # The other backend's worst call while this one was frozen: nowhere near the 2 s held calls waited.
+        assert latencies[-1] < 0.5, latencies[-5:]
         assert httpx.get(f"{gw}/readyz").status_code == 200
     finally:
-        tf.signal(signal.SIGCONT)
+        frozen.signal(signal.SIGCONT)
     # Awake again: back in rotation after its cool-down and the next probe.
     deadline = time.monotonic() + 20
     while True:
-        r = httpx.post(f"{gw}/v1/models/cnn:predict?backend=tf", content=body, timeout=30)
+        r = httpx.post(f"{gw}{frozen_path}", content=body, timeout=30)
         if r.status_code == 200:
             break
         assert time.monotonic() < deadline, r.text
         time.sleep(0.2)
     assert [p["classes"] for p in r.json()["predictions"]] == golden["classes"][:2].tolist()
+
+
+def test_tf_frozen_torch_keeps_its_latency_and_tf_recovers(stack: dict, golden: dict) -> None:
+    _freeze_under_traffic(stack["gw"], stack["tf"], "tf", "torch", golden)
+
+
+def test_torch_frozen_tf_keeps_its_latency_and_torch_recovers(stack: dict, golden: dict) -> None:
+    # torch_b was killed above: torch_a is the whole torch backend now.
+    _freeze_under_traffic(stack["gw"], stack["torch_a"], "torch", "tf", golden)
 
 
 def test_tf_killed_torch_keeps_working_and_compare_is_partial(stack: dict, golden: dict) -> None:
