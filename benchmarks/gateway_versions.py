@@ -163,6 +163,8 @@ def main() -> int:
         extra_env[side] = dict(pair.split("=", 1) for pair in pairs)
     if args.upstream == "tf-grpc" and args.model_repository is None:
         ap.error("--upstream tf-grpc needs --model-repository (a trained one: python -m trainer)")
+    if args.upstream == "tf-grpc" and not any((args.model_repository / "tensorflow" / "cnn").glob("[0-9]*")):
+        ap.error(f"{args.model_repository}: no SavedModel version under tensorflow/cnn (train one: python -m trainer)")
     worktree = Path(tempfile.mkdtemp(prefix="gateway-baseline-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.baseline], check=True)
     log_dir = Path(tempfile.mkdtemp(prefix="gateway-versions-"))
