@@ -161,6 +161,39 @@ async def bench_grpc(
         return await run_concurrent(call, n, c, max_s)
 
 
+async def bench_grpc_h2(
+    target: str, image: np.ndarray, expected: int, n: int, c: int, max_s: float
+) -> tuple[list[float], float]:
+    """The same Predict through the gateway's own HTTP/2 gRPC client (gateway/upstreams/h2grpc.py): the
+    client cost of the gateway's TF upstream, a fraction of grpc.aio's, so the server's share shows."""
+    from gateway.upstreams import h2grpc
+    from gateway.upstreams.tfs_protos import PredictRequest, PredictResponse
+
+    req = PredictRequest()
+    req.model_spec.name = "cnn"
+    tensor = req.inputs["images"]
+    tensor.dtype = 1  # DT_FLOAT
+    for size in image.shape:
+        tensor.tensor_shape.dim.add().size = size
+    tensor.tensor_content = np.ascontiguousarray(image, dtype=np.float32).tobytes()
+    message = req.SerializeToString()
+    channel = h2grpc.H2Channel(target, connect_timeout_s=5)
+    block = h2grpc.header_block(target, "/tensorflow.serving.PredictionService/Predict", 60)
+
+    async def call() -> None:
+        resp = PredictResponse.FromString(await channel.unary(block, message, 60))
+        got = np.frombuffer(resp.outputs["classes"].tensor_content, dtype="<i8")
+        if got.size != 1 or int(got[0]) != expected:
+            raise RuntimeError(f"bad gRPC response: {got}")
+
+    try:
+        for _ in range(50):
+            await call()
+        return await run_concurrent(call, n, c, max_s)
+    finally:
+        channel.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -180,9 +213,9 @@ def main() -> None:
     with np.load(vdir / "golden.npz") as g:
         image, expected = g["images"][:1].astype(np.float32), int(g["classes"][0])
 
-    rows: list[tuple[str, int, list[float], float | None]] = []
+    rows: list[tuple[str, int, list[float], float | None, float | None]] = []
     fl = floor(vdir, image, args.requests_c1)
-    rows.append(("in-process signature call (floor)", 1, fl, None))
+    rows.append(("in-process signature call (floor)", 1, fl, None, None))
 
     rest_port, grpc_port = free_port(), free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="tf_compat_bench_logs_"))
@@ -202,26 +235,51 @@ def main() -> None:
     try:
         proc.wait_ready(timeout=180)
         import orjson
+        import psutil
+
+        server = psutil.Process(proc.proc.pid) if proc.proc is not None else None
+
+        def server_cpu() -> float:
+            t = server.cpu_times() if server is not None else None
+            return t.user + t.system if t is not None else 0.0
 
         body = orjson.dumps({"instances": image.tolist()})
+        target = f"127.0.0.1:{grpc_port}"
+        phases = (
+            (
+                "compat REST (JSON, row format)",
+                lambda n, c: bench_rest(rest_port, body, expected, n, c, args.max_seconds),
+            ),
+            (
+                "compat gRPC (PredictionService, grpc.aio client)",
+                lambda n, c: bench_grpc(target, image, expected, n, c, args.max_seconds),
+            ),
+            (
+                "compat gRPC (PredictionService, the gateway's h2 client)",
+                lambda n, c: bench_grpc_h2(target, image, expected, n, c, args.max_seconds),
+            ),
+        )
         for c, n in ((1, args.requests_c1), (64, args.requests_c64)):
-            s, wall = asyncio.run(bench_rest(rest_port, body, expected, n, c, args.max_seconds))
-            rows.append(("compat REST (JSON, row format)", c, s, len(s) / wall))
-            s, wall = asyncio.run(bench_grpc(f"127.0.0.1:{grpc_port}", image, expected, n, c, args.max_seconds))
-            rows.append(("compat gRPC (PredictionService)", c, s, len(s) / wall))
+            for name, bench in phases:
+                before = server_cpu()
+                s, wall = asyncio.run(bench(n, c))
+                # Warm-up calls included (50 per phase): the server's CPU per answered request.
+                rows.append((name, c, s, len(s) / wall, (server_cpu() - before) / (len(s) + 50)))
     finally:
         proc.stop()
 
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\nmachine: {os.cpu_count()} CPUs ({cpu_model()}), shared with other jobs; {now}")
     print(f"model: {vdir}; one 28x28x1 image per request; batching.config of tf_serving/ (timeout 1 ms)\n")
-    print("| path | concurrency | requests | p50 ms | p99 ms | mean ms | throughput req/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, c, s, rps in rows:
+    print("| path | concurrency | requests | p50 ms | p99 ms | mean ms | throughput req/s | server CPU ms/request |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, c, s, rps, cpu in rows:
         ms = [x * 1e3 for x in s]
         tput = f"{rps:.0f}" if rps is not None else f"{1 / statistics.mean(s):.0f} (1 thread)"
+        cpu_ms = f"{cpu * 1e3:.3f}" if cpu is not None else "-"
         print(
-            f"| {name} | {c} | {len(s)} | {pct(ms, 50):.2f} | {pct(ms, 99):.2f} | {statistics.mean(ms):.2f} | {tput} |"
+            f"| {name} | {c} | {len(s)} | {pct(ms, 50):.2f} | {pct(ms, 99):.2f} | {statistics.mean(ms):.2f} | {tput} "
+            f"| {cpu_ms} |"
         )
 
 
