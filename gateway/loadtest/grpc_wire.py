@@ -19,6 +19,7 @@ DT_FLOAT = 1
 # The integer types a `classes` tensor may come in, and the field holding their values when the
 # server did not use tensor_content (tensorflow/core/framework/types.proto, tensor.proto).
 _INT_TYPES = {3: (np.int32, "int_val"), 9: (np.int64, "int64_val")}  # DT_INT32, DT_INT64
+_MAX_VALUES = 1 << 20  # far above any batch the load generator sends
 
 
 def encode_predict_request(
@@ -58,5 +59,7 @@ def decode_output_int64(response: bytes, output: str = "classes") -> list[int] |
         values = list(getattr(tensor, field))
     size = math.prod(d.size for d in tensor.tensor_shape.dim)
     if len(values) == 1 and size > 1:  # TF's compact form: one value for the whole shape
+        if size > _MAX_VALUES:  # a broken answer's shape must not size our allocation
+            raise ValueError(f"output {output!r} claims {size} values")
         values *= size
     return values

@@ -43,6 +43,9 @@ def test_response_classes_decode_both_encodings():
     resp.outputs["classes"].tensor_shape.dim.add().size = 3
     resp.outputs["classes"].int64_val.append(5)
     assert decode_output_int64(resp.SerializeToString()) == [5, 5, 5]
+    resp.outputs["classes"].tensor_shape.dim[0].size = 1 << 40  # a broken shape is refused, not allocated
+    with pytest.raises(ValueError, match="claims"):
+        decode_output_int64(resp.SerializeToString())
 
 
 def test_a_broken_or_foreign_answer_is_a_value_error():
