@@ -374,6 +374,15 @@ def test_images_install_every_module_their_code_imports(name: str) -> None:
     assert not missing, f"{DOCKERFILES[name].relative_to(ROOT)} misses: {missing}"
 
 
+def test_gateway_image_installs_no_tensorflow() -> None:
+    """The gateway declares TF Serving's messages itself (gateway/upstreams/tfs_protos.py); pulling in
+    tensorflow-serving-api would bring all of TensorFlow back into its image (~2 GB installed)."""
+    df = parse_dockerfile(DOCKERFILES["gateway"])
+    installed = _closure({normalize(p) for p in df.pip_packages} | BASE_IMAGE_DISTS["gateway"])
+    assert "protobuf" in installed and "grpcio" in installed
+    assert not {d for d in installed if d.startswith(("tensorflow", "keras"))}, sorted(installed)
+
+
 # --- monitoring ------------------------------------------------------------------------------------
 
 
