@@ -166,17 +166,11 @@ async def bench_grpc_h2(
 ) -> tuple[list[float], float]:
     """The same Predict through the gateway's own HTTP/2 gRPC client (gateway/upstreams/h2grpc.py): the
     client cost of the gateway's TF upstream, a fraction of grpc.aio's, so the server's share shows."""
+    from gateway.loadtest.grpc_wire import encode_predict_request
     from gateway.upstreams import h2grpc
-    from gateway.upstreams.tfs_protos import PredictRequest, PredictResponse
+    from gateway.upstreams.tfs_protos import PredictResponse
 
-    req = PredictRequest()
-    req.model_spec.name = "cnn"
-    tensor = req.inputs["images"]
-    tensor.dtype = 1  # DT_FLOAT
-    for size in image.shape:
-        tensor.tensor_shape.dim.add().size = size
-    tensor.tensor_content = np.ascontiguousarray(image, dtype=np.float32).tobytes()
-    message = req.SerializeToString()
+    message = encode_predict_request(image)
     channel = h2grpc.H2Channel(target, connect_timeout_s=5)
     block = h2grpc.header_block(target, "/tensorflow.serving.PredictionService/Predict", 60)
 
