@@ -144,6 +144,8 @@ async def bench_grpc(
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+    from gateway.upstreams.grpc import tensor_to_numpy
+
     req = predict_pb2.PredictRequest()
     req.model_spec.name = "cnn"
     req.inputs["images"].CopyFrom(tf.make_tensor_proto(image, dtype=tf.float32))
@@ -152,7 +154,7 @@ async def bench_grpc(
 
         async def call() -> None:
             resp = await stub.Predict(req, timeout=60)
-            got = np.frombuffer(resp.outputs["classes"].tensor_content, dtype="<i8")
+            got = tensor_to_numpy(resp.outputs["classes"])  # int64_val, as TF Serving answers
             if got.size != 1 or int(got[0]) != expected:
                 raise RuntimeError(f"bad gRPC response: {got}")
 
@@ -168,6 +170,7 @@ async def bench_grpc_h2(
     client cost of the gateway's TF upstream, a fraction of grpc.aio's, so the server's share shows."""
     from gateway.loadtest.grpc_wire import encode_predict_request
     from gateway.upstreams import h2grpc
+    from gateway.upstreams.grpc import tensor_to_numpy
     from gateway.upstreams.tfs_protos import PredictResponse
 
     message = encode_predict_request(image)
@@ -176,7 +179,7 @@ async def bench_grpc_h2(
 
     async def call() -> None:
         resp = PredictResponse.FromString(await channel.unary(block, message, 60))
-        got = np.frombuffer(resp.outputs["classes"].tensor_content, dtype="<i8")
+        got = tensor_to_numpy(resp.outputs["classes"])  # int64_val, as TF Serving answers
         if got.size != 1 or int(got[0]) != expected:
             raise RuntimeError(f"bad gRPC response: {got}")
 

@@ -53,6 +53,18 @@ class ModelPath:
     metadata: bool
 
 
+def unsupported_method(method: str) -> str:
+    """The message TF Serving (2.x, default flags) gives for Classify or Regress on this model's only
+    signature, a predict signature: classifier.cc and regressor.cc check the signature's shape, not its
+    method name (--enable_signature_method_name_check is off), and stop at their first mismatch."""
+    if method == "classify":  # PreProcessClassification: one input named "inputs"
+        return (
+            f"No classification inputs found in SignatureDef: '{contract.SIGNATURE_NAME}' has the input "
+            f"'{contract.INPUT_NAME}' (a predict signature: use :predict)"
+        )
+    return "Expected one output Tensor."  # PreProcessRegression: the signature has two outputs
+
+
 def parse_model_path(path: str) -> ModelPath:
     """Split `/v1/models/NAME[/versions/N][:verb|/metadata]`; NotFound/InvalidArgument otherwise."""
     m = _MODEL_PATH.match(path)
@@ -86,7 +98,7 @@ def _loads(body: bytes) -> Any:
         # one NaN kept every other request of the gateway waiting for 3.6 s. Any valid predict body is far
         # smaller (32 images are ~0.6 MB), so a large one is refused on the strict parser's word.
         if b"NaN" in body or b"Infinity" in body:
-            raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values")
+            raise InvalidArgument(_NOT_FINITE)
         raise InvalidArgument(f"Malformed JSON in request body: {strict_error}")
     # api_rest.md allows NaN/Infinity tokens that strict JSON (orjson) rejects; parse them with the
     # lenient stdlib parser so the error the client sees is about the values, not the syntax.
@@ -160,6 +172,12 @@ def _named_input(obj: dict[str, Any], where: str) -> Any:
     return obj[contract.INPUT_NAME]
 
 
+# A number beyond float32's range (1e39) becomes infinite when the body is read as float32: say so.
+_NOT_FINITE = (
+    f"Input '{contract.INPUT_NAME}' contains NaN or infinite values (or numbers beyond float32's range, about ±3.4e38)"
+)
+
+
 def check_batch_shape(shape: tuple[int, ...] | list[int]) -> None:
     """InvalidArgument unless `shape` is [N, 28, 28, 1] (checked before any array of it is built)."""
     if len(shape) != 4 or tuple(shape[1:]) != contract.INSTANCE_SHAPE:
@@ -177,7 +195,8 @@ def validate_images(
     returns it as contiguous float32.
 
     `value_range` is the model contract's (contract.INPUT_RANGE), enforced by the gateway and
-    torch_service. The compat server, like TensorFlow Serving, passes None: any finite value."""
+    torch_service. The compat server passes None: any finite value (TF Serving checks no range either, and
+    would even run NaN, which every server here refuses)."""
     check_batch_shape(arr.shape)
     if arr.shape[0] == 0:
         raise InvalidArgument("Request has no instances: send at least one [28, 28, 1] image")
@@ -186,20 +205,27 @@ def validate_images(
         raise InvalidArgument(f"Task size {arr.shape[0]} is larger than maximum input batch size {max_batch_size}")
     if value_range is None:
         if not np.isfinite(arr).all():
-            raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values")
+            raise InvalidArgument(_NOT_FINITE)
     else:
         lo, hi = value_range
         least, most = float(arr.min()), float(arr.max())
         if not (lo <= least and most <= hi):  # NaN compares false: caught here too, then named below
             if not np.isfinite(arr).all():
-                raise InvalidArgument(f"Input '{contract.INPUT_NAME}' contains NaN or infinite values")
+                raise InvalidArgument(_NOT_FINITE)
             looks_8bit = least >= 0 and 2 <= most <= 255  # raw pixel values, the classic slip
             hint = "; 0-255 pixel values must be divided by 255" if looks_8bit else ""
             raise InvalidArgument(
                 f"Input '{contract.INPUT_NAME}' values must lie in [{lo:g}, {hi:g}] (pixels scaled to [0, 1]); "
-                f"got values from {least:g} to {most:g}{hint}"
+                f"got values from {_show(least)} to {_show(most)}{hint}"
             )
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _show(value: float) -> str:
+    """A value for an error message: short (%g), unless that would hide why it was refused ("1" for
+    1.0000001, just above the range); then float32's shortest exact form."""
+    short = f"{value:g}"
+    return short if np.float32(short) == np.float32(value) else str(np.float32(value))
 
 
 # ------------------------------------------------------------------------------ fast path
@@ -278,9 +304,9 @@ def parse_predict_body(
     has_rows, has_cols = "instances" in doc, "inputs" in doc
     if has_rows and has_cols:
         raise InvalidArgument("Request can have either 'instances' (row format) or 'inputs' (columnar), not both")
-    unknown = sorted(set(doc) - {"instances", "inputs", "signature_name"})
-    if unknown:
-        raise InvalidArgument(f"Unknown key(s) {unknown} in request; expected 'instances' or 'inputs'")
+    # Other top-level keys are ignored, as TF Serving's FillPredictRequestFromJson ignores them (json_tensor.cc
+    # looks up only these three): a client that adds, say, "parameters" is served by both. They are named
+    # when neither tensor key is there, where they are most likely a misspelling.
     fmt: RequestFormat
     if has_rows:
         fmt = "row"
@@ -301,7 +327,9 @@ def parse_predict_body(
             inputs = _named_input(inputs, "'inputs'")
         arr = to_float32_array(inputs, "'inputs'", raw=body)
     else:
-        raise InvalidArgument("Missing 'instances' or 'inputs' key in request body")
+        others = sorted(set(doc) - {"signature_name"})[:8]
+        got = f" (got {others})" if others else ""
+        raise InvalidArgument(f"Missing 'instances' or 'inputs' key in request body{got}")
     return PredictRequest(fmt, signature, validate_images(arr, max_batch_size, value_range))
 
 

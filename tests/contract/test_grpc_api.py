@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from serving_core import contract
@@ -59,6 +61,23 @@ def test_predict(channel: grpc.Channel, golden_of: dict[str, np.ndarray]) -> Non
     assert probs.dtype == np.float32 and classes.dtype == np.int64
     np.testing.assert_allclose(probs, golden_of["probabilities"][:6], atol=1e-5)
     assert classes.tolist() == golden_of["classes"][:6].tolist()
+
+
+def test_outputs_come_in_the_typed_fields_as_tf_serving_writes_them(
+    channel: grpc.Channel, golden_of: dict[str, np.ndarray]
+) -> None:
+    """TF Serving's RunPredict serializes outputs with Tensor::AsProtoField (predict_util.cc): the values
+    are in float_val / int64_val, which is what client code reading `outputs[...].float_val` relies on."""
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    resp = stub.Predict(_request(golden_of["images"][:3]), timeout=30)
+    probs, classes = resp.outputs["probabilities"], resp.outputs["classes"]
+    assert probs.tensor_content == b"" and classes.tensor_content == b""
+    assert [d.size for d in probs.tensor_shape.dim] == [3, 10]
+    assert [d.size for d in classes.tensor_shape.dim] == [3]
+    np.testing.assert_allclose(
+        np.asarray(probs.float_val, dtype=np.float32).reshape(3, 10), golden_of["probabilities"][:3], atol=1e-5
+    )
+    assert list(classes.int64_val) == golden_of["classes"][:3].tolist()
 
 
 def test_predict_explicit_version_and_output_filter(channel: grpc.Channel, golden_of: dict[str, np.ndarray]) -> None:
@@ -127,6 +146,48 @@ def test_unknown_model_status_is_not_found(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.GetModelStatus(req, timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_model_spec_without_a_name_is_invalid(channel: grpc.Channel) -> None:
+    """ServerCore::ServableRequestFromModelSpec: "ModelSpec has no name specified." (not NOT_FOUND)."""
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(_request(np.zeros((1, 28, 28, 1), np.float32), name=""), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no name" in (err.value.details() or "")
+
+
+def test_model_status_needs_a_spec_and_ignores_a_version_label(channel: grpc.Channel) -> None:
+    """get_model_status_impl.cc: no model_spec is INVALID_ARGUMENT "Missing ModelSpec"; only `version`
+    narrows the answer, so a version_label lists every version, as no version does."""
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    plain = get_model_status_pb2.GetModelStatusRequest()
+    plain.model_spec.name = "cnn"
+    labelled = get_model_status_pb2.GetModelStatusRequest()
+    labelled.model_spec.name = "cnn"
+    labelled.model_spec.version_label = "stable"
+    assert stub.GetModelStatus(labelled, timeout=30) == stub.GetModelStatus(plain, timeout=30)
+
+
+@pytest.mark.parametrize("method", ["Classify", "Regress"])
+def test_classify_and_regress_refuse_the_predict_signature(channel: grpc.Channel, method: str) -> None:
+    """The model's one signature is a predict signature: TF Serving finds the model, then refuses the
+    signature's shape (classifier.cc / regressor.cc) with INVALID_ARGUMENT; an unknown model is NOT_FOUND."""
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    make = classification_pb2.ClassificationRequest if method == "Classify" else regression_pb2.RegressionRequest
+    req = make()
+    req.model_spec.name = "cnn"
+    req.input.example_list.examples.add().features.feature["x"].float_list.value.append(0.5)
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, method)(req, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    req.model_spec.name = "no_such_model"
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, method)(req, timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
 
 
 def test_float_vals_are_read_as_tensorflow_reads_them(channel: grpc.Channel, golden_of: dict[str, np.ndarray]) -> None:

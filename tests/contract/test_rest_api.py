@@ -79,6 +79,18 @@ def test_predict_row_format_with_named_inputs(backend: Backend, golden_of: dict[
     assert [p["classes"] for p in r.json()["predictions"]] == golden_of["classes"][:2].tolist()
 
 
+def test_other_top_level_keys_are_ignored(backend: Backend, golden_of: dict[str, np.ndarray]) -> None:
+    """TF Serving's FillPredictRequestFromJson (util/json_tensor.cc) looks up only signature_name, instances
+    and inputs; a client that sends more (here KServe v1's "parameters") is served all the same."""
+    for key in ("instances", "inputs"):
+        body = {key: golden_of["images"][:2].tolist(), "parameters": {"x": 1}, "id": "req-1"}
+        r = requests.post(f"{backend.rest_url}/v1/models/cnn:predict", json=body, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        classes = [p["classes"] for p in doc["predictions"]] if key == "instances" else doc["outputs"]["classes"]
+        assert classes == golden_of["classes"][:2].tolist()
+
+
 def test_predict_columnar_format(backend: Backend, golden_of: dict[str, np.ndarray]) -> None:
     images = golden_of["images"][:4]
     for inputs in (images.tolist(), {"images": images.tolist()}):
@@ -119,6 +131,15 @@ def test_unknown_model_and_version_are_404(backend: Backend) -> None:
     _assert_error(requests.post(url, json={"instances": image}, timeout=TIMEOUT), 404)
     url = f"{backend.rest_url}/v1/models/cnn/versions/987654:predict"
     _assert_error(requests.post(url, json={"instances": image}, timeout=TIMEOUT), 404)
+
+
+@pytest.mark.parametrize("verb", ["classify", "regress"])
+def test_classify_and_regress_refuse_the_predict_signature(backend: Backend, verb: str) -> None:
+    """api_rest.md's :classify/:regress on a model whose only signature is a predict one: 400 (classifier.cc /
+    regressor.cc refuse its shape); an unknown model is still 404 first."""
+    body = {"examples": [{"x": 0.5}]}
+    _assert_error(requests.post(f"{backend.rest_url}/v1/models/cnn:{verb}", json=body, timeout=TIMEOUT), 400)
+    _assert_error(requests.post(f"{backend.rest_url}/v1/models/no_such_model:{verb}", json=body, timeout=TIMEOUT), 404)
 
 
 @pytest.mark.parametrize(

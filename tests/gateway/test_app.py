@@ -79,7 +79,7 @@ def test_compare_with_both_down_says_why_for_each(client: TestClient) -> None:
             "Task size 9 is larger than maximum input batch size 8",
         ),
         ({"inputs": [[["x"]]]}, 400, "nested list of numbers"),
-        ({"instance": IMG}, 400, "Unknown key"),
+        ({"instance": IMG}, 400, "Missing 'instances' or 'inputs' key in request body (got ['instance'])"),
         ({"instances": IMG, "signature_name": "nope"}, 400, "not found in signature def"),
     ],
 )

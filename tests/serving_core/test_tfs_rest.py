@@ -90,7 +90,7 @@ def test_row_and_columnar_forms_parse_to_the_same_batch() -> None:
         (b'{"instances": []}', "'instances' is empty"),
         (b'{"inputs": []}', "[N, 28, 28, 1]"),
         (b'{"instances": [], "inputs": []}', "not both"),
-        (b'{"instances": [[1]], "extra": 1}', "Unknown key"),
+        (b'{"instance": [[1]], "extra": 1}', "key in request body (got ['extra', 'instance'])"),
         (b'{"signature_name": 5, "instances": [[1]]}', "'signature_name' must be a string"),
         (b'{"signature_name": "classify", "instances": [[1]]}', "not found in signature def"),
         (b'{"instances": [[[[1]]], [[1]]]}', "nested list of numbers"),  # ragged

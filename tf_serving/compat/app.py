@@ -98,11 +98,10 @@ def _add_model_routes(app: FastAPI, settings: Settings) -> None:
             if path.verb is None:
                 raise NotFound(f"Malformed request: POST {request.url.path}")
             if path.verb != "predict":
-                # The only signature is a predict signature; TF Serving rejects classify/regress on it so.
-                raise InvalidArgument(
-                    f"Expected {'classification' if path.verb == 'classify' else 'regression'} signature "
-                    f"method_name to be one of the supported methods. Was: tensorflow/serving/predict"
-                )
+                # The only signature is a predict signature; TF Serving refuses classify/regress on it so,
+                # once the model and version are found.
+                registry.manager(path.name, version=path.version)
+                raise InvalidArgument(tfs_rest.unsupported_method(path.verb))
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
                 raise PayloadTooLarge(

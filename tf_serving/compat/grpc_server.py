@@ -27,6 +27,7 @@ from serving_core.errors import FailedPrecondition, Internal, InvalidArgument, S
 from tf_serving.compat.model import ModelRegistry
 
 _NP_TO_DT = {np.dtype(np.float32): 1, np.dtype(np.int64): 9}  # DT_FLOAT, DT_INT64 (types.proto)
+_VALUE_FIELD = {1: "float_val", 9: "int64_val"}  # their typed repeated fields (tensor.proto)
 
 
 # types.proto names, for the message TensorFlow gives when a feed has the wrong dtype.
@@ -88,20 +89,26 @@ def tensor_to_numpy(tensor: Any) -> np.ndarray:
 
 
 def numpy_to_tensor(arr: np.ndarray) -> Any:
-    """Same bytes as tf.make_tensor_proto(arr) for float32/int64, without the TF call overhead."""
+    """An output tensor as TF Serving writes it: its values in the typed repeated field (`float_val`,
+    `int64_val`), not `tensor_content`. RunPredict serializes outputs with Tensor::AsProtoField
+    (predict_util.cc, kAsProtoField), so clients written against TF Serving that read
+    `outputs[...].float_val` get the values here too."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 
-    arr = np.ascontiguousarray(arr)
-    return tensor_pb2.TensorProto(
-        dtype=_NP_TO_DT[arr.dtype],
+    dtype = _NP_TO_DT[arr.dtype]
+    tensor = tensor_pb2.TensorProto(
+        dtype=dtype,
         tensor_shape=tensor_shape_pb2.TensorShapeProto(
             dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape]
         ),
-        tensor_content=arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(),
     )
+    getattr(tensor, _VALUE_FIELD[dtype]).extend(arr.ravel().tolist())
+    return tensor
 
 
 def _model_version(spec: Any) -> int | None:
+    if not spec.name:  # ServerCore::ServableRequestFromModelSpec's check and wording
+        raise InvalidArgument("ModelSpec has no name specified.")
     which = spec.WhichOneof("version_choice")
     if which == "version_label":
         raise InvalidArgument(f"Unrecognized servable version label: {spec.version_label}")
@@ -203,10 +210,25 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             await _abort(context, exc)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Classify is not supported by the compat server")
+        await self._unsupported(request, context, "classify")
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by the compat server")
+        await self._unsupported(request, context, "regress")
+
+    async def _unsupported(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> None:
+        """As TF Serving answers Classify/Regress on a model whose only signature is a predict one: the model
+        and version are looked up first (NOT_FOUND), then the signature (FAILED_PRECONDITION), then its shape
+        is refused (INVALID_ARGUMENT)."""
+        try:
+            spec = request.model_spec
+            version = _model_version(spec)
+            self.registry.manager(spec.name, version=version)
+            sig = spec.signature_name or contract.SIGNATURE_NAME
+            if sig != contract.SIGNATURE_NAME:
+                raise InvalidArgument(f"No signature was found with the name: {sig}")
+            raise InvalidArgument(tfs_rest.unsupported_method(method))
+        except ServingError as exc:
+            await _abort(context, exc)
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by the compat server")
@@ -218,8 +240,14 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            # get_model_status_impl.cc: a spec is required, and only a version narrows the answer (a
+            # version_label is ignored there: all versions are listed).
+            if not request.HasField("model_spec"):
+                raise InvalidArgument("Missing ModelSpec")
             spec = request.model_spec
-            version = _model_version(spec)
+            version = _model_version(spec) if spec.WhichOneof("version_choice") == "version" else None
+            if not spec.name:
+                raise InvalidArgument("ModelSpec has no name specified.")
             entries = self.registry.manager(spec.name, for_status=True).status(version)
         except ServingError as exc:
             await _abort(context, exc)

@@ -21,6 +21,7 @@ from serving_core.tfs_rest import (
     parse_model_path,
     parse_predict_body,
     predict_response,
+    unsupported_method,
 )
 from torch_service.protocol.common import errors, json_response, parse, runtime
 
@@ -94,10 +95,7 @@ async def v1_post(request: Request) -> Response:
         raise InvalidArgument(f"Unrecognized servable version label: {mp.label}")
     rt.check_name(mp.name, mp.version)
     if mp.verb != "predict":
-        raise InvalidArgument(
-            f"Expected {mp.verb} signature method_name to be tensorflow/serving/{mp.verb}. "
-            f"Was: {contract.PREDICT_METHOD_NAME} (this model only supports :predict)"
-        )
+        raise InvalidArgument(unsupported_method(mp.verb))  # as TF Serving answers it for this signature
     rt.manager.resolve(mp.version)  # unknown version: 404 before the body is even parsed, as TF Serving does
     body = await request.body()
     req = await parse(body, parse_predict_body, max_batch_size=rt.sched.request_limit, value_range=contract.INPUT_RANGE)
