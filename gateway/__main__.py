@@ -7,12 +7,22 @@ import contextlib
 import gc
 import logging
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
 from gateway.app import GatewayApp, create_app
 from gateway.settings import Settings, load_settings
 from serving_core.http_protocol import timed_protocol
+
+
+def _refusal_counter(app: GatewayApp) -> Callable[[int], None]:
+    requests = app.state.gateway.metrics.requests
+
+    def count(status: int) -> None:
+        requests.labels("unparsed", "-", str(status)).inc()
+
+    return count
 
 
 def server_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
@@ -27,7 +37,9 @@ def server_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
         # layer per request for nothing.
         proxy_headers=False,
         loop="uvloop",
-        http=timed_protocol(settings.request_read_timeout_s),  # httptools, with a time limit per request
+        # httptools, with a time limit per request; what it refuses itself (malformed, a head over the limit)
+        # never reaches the app's middleware, so it is counted here.
+        http=timed_protocol(settings.request_read_timeout_s, on_refused=_refusal_counter(app)),
         timeout_graceful_shutdown=10,
     )
 

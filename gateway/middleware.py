@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.access_log import AccessLog
 from gateway.errors import LOG_KEY, PayloadTooLarge
 from gateway.metrics import Metrics
+from serving_core.http_protocol import CLIENT_GONE
 from serving_core.routes import head_as_get
 
 # Open without a key: probes, scrapers and the API docs.
@@ -26,6 +27,17 @@ PUBLIC_PATHS = frozenset(
 )
 # A client's request id is echoed only if it is short and printable (it ends up in logs and headers).
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+_PREDICT_PATH = re.compile(r"/v1/models/[^/]+(?:/versions/[^/]+)?:predict")
+_ENDPOINTS = {"/v1/compare": "compare", "/v1/classify": "classify", "/v1/backends": "backends"}
+
+
+def endpoint_of(path: str) -> str:
+    """The `endpoint` label of a request no handler labelled: its route's, or "other"."""
+    if _PREDICT_PATH.fullmatch(path):
+        return "predict"
+    return _ENDPOINTS.get(path, "other")
 
 
 def _json_error(status: int, message: str, extra_headers: list[tuple[bytes, bytes]]) -> tuple[Message, Message]:
@@ -101,17 +113,24 @@ class GatewayMiddleware:
                 return
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
+                # Closed after the answer, as nginx does: kept alive, the server would have to read and drop the
+                # whole declared body (a review sent 300 MiB that way) before the next request.
                 for msg in _json_error(
-                    413, f"Request body of {int(length)} bytes exceeds the limit of {self.max_body} bytes", [rid_header]
+                    413,
+                    f"Request body of {int(length)} bytes exceeds the limit of {self.max_body} bytes",
+                    [rid_header, (b"connection", b"close")],
                 ):
                     await send(msg)
                 status_box[0] = 413
                 return
             await self.app(scope, self._capped(receive) if length is None else receive, send_with_id)
         finally:
-            # A client that left before its body arrived was nobody's error: 499, as nginx logs it (set by
-            # the fast path, and by the ClientDisconnect handler for FastAPI's routes, gateway/errors.py).
-            self._record(asked, info, 499 if info.get("client_gone") else status_box[0], start)
+            # A client that left before its answer was written was nobody's error and got nothing: 499, as
+            # nginx logs it. Before its body arrived: set by the fast path, and by the ClientDisconnect
+            # handler for FastAPI's routes (gateway/errors.py); later (while a backend worked, say): by the
+            # HTTP protocol (serving_core.http_protocol), whose sends after that went nowhere.
+            gone = info.get("client_gone") or asked.get(CLIENT_GONE)
+            self._record(asked, info, 499 if gone else status_box[0], start)
 
     def _capped(self, receive: Receive) -> Receive:
         """Chunked bodies have no Content-Length: count as they arrive and stop at the cap."""
@@ -132,6 +151,9 @@ class GatewayMiddleware:
     def _record(self, scope: Scope, info: dict[str, Any], status: int, start: float) -> None:
         elapsed = time.perf_counter() - start
         endpoint = info.get("endpoint")
+        if endpoint is None and status >= 400:
+            # Refused before a handler ran (401, 404, 405, 413, 499): counted too, so floods of them show.
+            endpoint = endpoint_of(scope["path"])
         backend = info.get("backend", "-")
         if endpoint is not None:
             key = (endpoint, backend, status)

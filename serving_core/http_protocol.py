@@ -34,6 +34,7 @@ And it answers a request it cannot parse the way the apps answer everything else
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -41,6 +42,8 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 DEFAULT_REQUEST_READ_TIMEOUT_S = 60.0
+# Set to True in a request's ASGI scope when its connection closed before the answer was complete.
+CLIENT_GONE = "serving_core.client_gone"
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 # How long a refused client's remaining bytes are read and dropped before the connection closes.
 LINGER_S = 2.0
@@ -116,6 +119,8 @@ class _HeadWithBodyTransport:
 class TimedHttpToolsProtocol(HttpToolsProtocol):
     request_read_timeout_s = DEFAULT_REQUEST_READ_TIMEOUT_S
     max_head_bytes = DEFAULT_MAX_HEAD_BYTES
+    # Told the status of each request refused here, before any app saw it (for the app's metrics).
+    on_refused: Callable[[int], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -225,6 +230,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal = (status, message)
         self._phase = None  # nothing more is read for a request: the read clock stops
         self.logger.info("refusing a request: %s", message)
+        if self.on_refused is not None:
+            self.on_refused(status)
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and cycle.more_body:
             # The request whose body is being read is the malformed one: its app sees a disconnect.
@@ -278,6 +285,12 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
             self._send_refusal_when_due()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The client left before its answer was written (while the app waited on a backend, say):
+            # uvicorn turns the app's later sends into no-ops, so without this mark the app would log and
+            # count an answer nobody received.
+            cycle.scope[CLIENT_GONE] = True  # type: ignore[literal-required]  # ASGI scopes take extra keys
         self._phase = None
         if self._timer is not None:
             self._timer.cancel()
@@ -286,11 +299,18 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
 
 def timed_protocol(
-    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S,
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    on_refused: Callable[[int], None] | None = None,
 ) -> type[TimedHttpToolsProtocol]:
-    """The protocol class to give uvicorn as `http=`, with its own limits."""
+    """The protocol class to give uvicorn as `http=`, with its own limits (and `on_refused`, called with
+    the status of each request it refuses itself: malformed, or a head over the limit)."""
     return type(
         "TimedHttpToolsProtocol",
         (TimedHttpToolsProtocol,),
-        {"request_read_timeout_s": request_read_timeout_s, "max_head_bytes": max_head_bytes},
+        {
+            "request_read_timeout_s": request_read_timeout_s,
+            "max_head_bytes": max_head_bytes,
+            "on_refused": staticmethod(on_refused) if on_refused is not None else None,
+        },
     )

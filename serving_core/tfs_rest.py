@@ -269,6 +269,10 @@ def _fast_parse(
     n, rest = divmod(len(skeleton) - 1, len(_INSTANCE_SKELETON) + 1)
     if n < 1 or rest or skeleton != b"[" + b",".join([_INSTANCE_SKELETON] * n) + b"]":
         return None
+    if max_batch_size is not None and n > max_batch_size:
+        # Refused before any number is parsed: a 14 MB body of 1,449 images took 0.2-0.5 s to parse only to
+        # be refused, holding the GIL against every other request meanwhile. validate_images' wording.
+        raise InvalidArgument(f"Task size {n} is larger than maximum input batch size {max_batch_size}")
     try:
         flat = orjson.loads(b"[" + tensor.translate(None, b"[]") + b"]")
         arr = np.asarray(flat, dtype=np.float32)

@@ -132,3 +132,86 @@ def test_head_is_served_wherever_get_is_without_a_body() -> None:
             assert head.headers["content-type"] == get.headers["content-type"]
         r = client.head("/v1/models/cnn:predict")  # POST only
         assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def _metric(text: str, endpoint: str, backend: str, status: int) -> float:
+    """One gateway_requests_total sample from a /metrics page (0 when absent)."""
+    prefix = f'gateway_requests_total{{backend="{backend}",endpoint="{endpoint}",status="{status}"}} '
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
+def test_a_client_that_leaves_while_the_backend_works_is_a_499_not_a_200() -> None:
+    # The backend answers after 1 s; the client gives up after 0.2 s. uvicorn drops the gateway's late
+    # answer silently, so before the protocol marked the scope the access log and metrics said 200.
+    probs = np.full((1, 10), 0.1, dtype=np.float32)
+    reply = binary_answer(probs, np.array([3]), version="1")
+
+    class SlowBackend(RawBackend):
+        def __init__(self) -> None:
+            super().__init__(reply)
+            handler = self.RequestHandlerClass
+
+            class Slow(handler):  # type: ignore[misc, valid-type]
+                def handle(self) -> None:
+                    time.sleep(1.0)
+                    super().handle()
+
+            self.RequestHandlerClass = Slow
+
+    body = {"instances": np.zeros((1, 28, 28, 1)).tolist()}
+    with SlowBackend() as raw:
+        threading.Thread(target=raw.serve_forever, daemon=True).start()
+        settings = Settings(
+            port=free_port(),
+            torch_urls=[raw.url],
+            tf_grpc_targets=[unused_target()],
+            access_log=False,
+            log_level="warning",
+        )
+        with served(settings) as url:
+            try:
+                httpx.post(f"{url}/v1/models/cnn:predict", json=body, timeout=0.2)
+                raise AssertionError("the backend answered within 0.2 s")
+            except httpx.TimeoutException:
+                pass
+            time.sleep(1.5)  # the backend answers; the gateway finishes the request it can no longer answer
+            text = httpx.get(f"{url}/metrics", timeout=10).text
+        raw.shutdown()
+    assert _metric(text, "predict", "torch", 499) == 1.0
+    assert _metric(text, "predict", "torch", 200) == 0.0
+
+
+def test_requests_refused_before_any_handler_are_counted() -> None:
+    settings = Settings(
+        port=free_port(),
+        torch_urls=[f"http://{unused_target()}"],
+        tf_grpc_targets=[unused_target()],
+        access_log=False,
+        log_level="warning",
+        max_body_bytes=4096,
+        max_image_bytes=4096,
+    )
+    with served(settings) as url:
+        port = int(url.rsplit(":", 1)[1])
+        # Over the body cap, by Content-Length: 413, and the connection is closed rather than drained.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/models/cnn:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):  # ends when the gateway closes
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower()
+        # A path no route has, and a method a route refuses.
+        assert httpx.get(f"{url}/nope", timeout=10).status_code == 404
+        assert httpx.get(f"{url}/v1/compare", timeout=10).status_code == 405
+        # Not HTTP at all: refused by the protocol, before any app code.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"NOT HTTP\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    assert _metric(text, "predict", "-", 413) == 1.0
+    assert _metric(text, "other", "-", 404) == 1.0
+    assert _metric(text, "compare", "-", 405) == 1.0
+    assert _metric(text, "unparsed", "-", 400) == 1.0

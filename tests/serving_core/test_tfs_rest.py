@@ -302,3 +302,14 @@ def test_a_large_body_with_nan_is_named_without_the_lenient_parser(token: str) -
         parse_predict_body(body)
     with pytest.raises(InvalidArgument, match=r"Malformed JSON in request body: .*line 1 column"):
         parse_predict_body(body.replace(token.encode(), b"0.5").replace(b"]]]]}", b"]]]}"))
+
+
+def test_an_oversized_batch_is_refused_before_its_numbers_are_parsed() -> None:
+    # The numbers here are not even valid JSON ("0..5"): the batch count, read from the bracket skeleton,
+    # refuses the body first. Parsing a 14 MB body only to refuse it held the GIL for up to 0.5 s.
+    image = "[" + ",".join(["[" + ",".join(["[0..5]"] * 28) + "]"] * 28) + "]"
+    body = ('{"instances": [' + ",".join([image] * 3) + "]}").encode()
+    with pytest.raises(InvalidArgument, match="Task size 3 is larger than maximum input batch size 2"):
+        parse_predict_body(body, max_batch_size=2)
+    with pytest.raises(InvalidArgument, match="Malformed JSON"):  # within the cap, the numbers are read
+        parse_predict_body(body, max_batch_size=3)
