@@ -7,6 +7,7 @@ sent to it while it was out (every replica out: panic mode) is answered.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections import deque
@@ -39,6 +40,9 @@ class Replica:
     requests: int = 0
     errors: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    # The tasks with a call on this replica now, and those of them being moved to another (pool._move_off).
+    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    moved: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
     def available(self) -> bool:

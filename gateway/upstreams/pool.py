@@ -6,6 +6,7 @@ Transports (rest.py, grpc.py) only say how to send one call to one replica and c
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class BackendPool:
         self.eject_cooldown_s = eject_cooldown_s
         self.retry = retry
         self._on_error = on_upstream_error or (lambda backend, replica, kind: None)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def protocol(self) -> str:
@@ -105,6 +107,9 @@ class BackendPool:
         tried: list[Replica] = []
         attempts = 2 if self.retry else 1
         last_error = "no replica configured"
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()  # once: on Python 3.11 each lookup costs a getpid()
+        task = asyncio.current_task(self._loop)
         for _ in range(attempts):
             replica = self.balancer.pick(tried)
             if replica is None:
@@ -113,8 +118,21 @@ class BackendPool:
             replica.outstanding += 1
             ejection = replica.ejection
             start = time.perf_counter()
+            if task is not None:  # always, from a request (a call outside any task is just never moved)
+                replica.inflight.add(task)
             try:
                 result = await send(replica)
+            except asyncio.CancelledError:
+                if task is None or task not in replica.moved:
+                    raise
+                # Moved by _move_off (the replica stopped answering probes) and not cancelled otherwise:
+                # sent again on another replica, as a connection failure would be.
+                replica.moved.discard(task)
+                if task.uncancel() > 0:
+                    raise
+                last_error = f"{replica.address}: stopped answering (health probe failed)"
+                self._on_error(self.name, replica.address, "unavailable")
+                continue
             except ReplicaDown as exc:
                 last_error = f"{replica.address}: {exc}"
                 replica.record_failure(str(exc), self.eject_cooldown_s)
@@ -130,6 +148,9 @@ class BackendPool:
                 raise
             finally:
                 replica.outstanding -= 1
+                if task is not None:
+                    replica.inflight.discard(task)
+                    replica.moved.discard(task)
             latency_ms = (time.perf_counter() - start) * 1000.0
             replica.record_success(latency_ms, ejection)
             result.latency_ms = latency_ms
@@ -139,8 +160,6 @@ class BackendPool:
         raise UpstreamUnavailable(f"{self.name} backend unavailable ({last_error})")
 
     async def probe_all(self, model: str) -> None:
-        import asyncio
-
         await asyncio.gather(*(self._probe(r, model) for r in self.replicas))
 
     async def _probe(self, replica: Replica, model: str) -> None:
@@ -148,8 +167,23 @@ class BackendPool:
             version = await self.transport.probe(replica, model)
         except Exception as exc:  # any failure means "not ready"; the message is shown in /v1/backends
             replica.record_probe(False, None, f"probe: {exc}" if str(exc) else f"probe: {type(exc).__name__}")
+            self._move_off(replica)
         else:
             replica.record_probe(version is not None, version, None if version else "probe: no AVAILABLE version")
+
+    def _move_off(self, replica: Replica) -> None:
+        """A replica that stopped answering its probe (frozen, overloaded, its host gone quiet) holds calls
+        that would each wait out the whole time limit and end as 504s, while another replica could answer
+        them: they are cancelled there and sent again elsewhere (predict is idempotent), if another replica
+        is in rotation and retries are on. With none, they keep waiting: it may yet answer them."""
+        if not replica.inflight or not self.retry:
+            return
+        if not any(r.available for r in self.replicas if r is not replica):
+            return
+        for task in list(replica.inflight):
+            if task not in replica.moved:
+                replica.moved.add(task)
+                task.cancel()
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,4 @@
-"""Failures of the REAL backends behind the gateway: a torch replica killed under load, each backend in
+"""Failures of the REAL backends behind the gateway: a torch replica frozen, then killed, under load, each backend in
 turn frozen (alive, but answering nothing) and thawed under the other's traffic, then the whole TF
 backend killed. The tests run in
 file order on one stack (each needs the survivors of the ones before), each asserting what it relies on."""
@@ -35,6 +35,37 @@ def stack(module_procs: Procs, model_repository: Path) -> dict[str, object]:
         access_log="false",
     )
     return {"gw": gw, "torch_a": torch_a, "torch_b": torch_b, "url_a": url_a, "url_b": url_b, "tf": tf_proc}
+
+
+def test_torch_replica_frozen_under_load_no_client_errors(stack: dict, golden: dict) -> None:
+    """A replica that stops answering while another is up: the calls it holds are moved to the other once
+    its health probe fails (within health_interval + health_timeout, 1.5 s here), well inside the 2 s time
+    limit they would otherwise wait out as 504s."""
+    body = orjson.dumps({"instances": golden["images"][:2]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    gw = stack["gw"]
+    victim: ManagedProcess = stack["torch_b"]
+    try:
+        results, frozen_at = load_with_kill(
+            gw, "/v1/models/cnn:predict?backend=torch", body, lambda: victim.signal(signal.SIGSTOP), after=300
+        )
+        statuses = [s for s, _ in results]
+        assert set(statuses) == {200}, [r for r in results if r[0] != 200][:5]
+        assert {replica for _, replica in results[:frozen_at]} == {stack["url_a"], stack["url_b"]}
+        doc = httpx.get(f"{gw}/v1/backends").json()
+        by_addr = {r["address"]: r for r in doc["backends"]["torch"]["replicas"]}
+        assert by_addr[stack["url_b"]]["in_rotation"] is False
+        series = f'gateway_upstream_errors_total{{backend="torch",kind="unavailable",replica="{stack["url_b"]}"}}'
+        assert series in httpx.get(f"{gw}/metrics").text  # the calls it held were moved, not timed out
+    finally:
+        victim.signal(signal.SIGCONT)
+    # Awake again: back in rotation (what the next test relies on).
+    deadline = time.monotonic() + 20
+    while True:
+        doc = httpx.get(f"{gw}/v1/backends").json()
+        if all(r["in_rotation"] for r in doc["backends"]["torch"]["replicas"]):
+            break
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.2)
 
 
 def test_torch_replica_killed_under_load_no_client_errors(stack: dict, golden: dict) -> None:
