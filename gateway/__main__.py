@@ -13,6 +13,7 @@ import uvicorn
 
 from gateway.app import GatewayApp, create_app
 from gateway.settings import Settings, load_settings
+from serving_core.cli import refuse_arguments, settings_usage
 from serving_core.http_protocol import timed_protocol
 
 
@@ -45,6 +46,9 @@ def server_config(app: GatewayApp, settings: Settings) -> uvicorn.Config:
 
 
 def main() -> None:
+    refused = refuse_arguments("gateway", sys.argv[1:], lambda: settings_usage("gateway", Settings, "GATEWAY_"))
+    if refused is not None:
+        sys.exit(refused)
     settings = load_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)

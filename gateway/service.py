@@ -109,9 +109,10 @@ class Gateway:
 def backend_choice(query: str | None, header: str | None) -> Backend | None:
     """`?backend=` over `X-Backend`, else None (the default). Both are checked when both are sent: a
     wrong header is the client's mistake even where the query overrides it."""
-    if query and query not in BACKENDS:
+    # An empty value (`?backend=`, `X-Backend:`) is a mistake too, not a request for the default.
+    if query is not None and query not in BACKENDS:
         raise InvalidInput(f"unknown backend {query!r} in ?backend=: choose one of {', '.join(BACKENDS)}")
-    if header and header not in BACKENDS:
+    if header is not None and header not in BACKENDS:
         header = header.strip(" \t")  # whitespace around a header value is not part of it (RFC 9110 5.5)
         if header not in BACKENDS:
             raise InvalidInput(f"unknown backend {header!r} in X-Backend: choose one of {', '.join(BACKENDS)}")

@@ -21,12 +21,12 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from serving_core.cli import refuse_arguments
     from torch_service.settings import Settings, describe_validation_error
 
-    args = sys.argv[1:] if argv is None else argv
-    if args:
-        print(usage(), file=sys.stdout if args[0] in ("-h", "--help") else sys.stderr)
-        return 0 if args[0] in ("-h", "--help") else 2
+    refused = refuse_arguments("torch_service", sys.argv[1:] if argv is None else argv, usage)
+    if refused is not None:
+        return refused
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from gateway.errors import BadGateway, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import BadGateway, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstreams.balancer import Balancer, Replica
 from gateway.validation import PredictRequest, RequestFormat
 from serving_core.errors import ServingError
@@ -143,8 +143,13 @@ class BackendPool:
                 replica.record_failure("timeout", self.eject_cooldown_s)
                 self._on_error(self.name, replica.address, "timeout")
                 raise
-            except Exception:
-                self._on_error(self.name, replica.address, "error")
+            except Exception as exc:
+                # A 4xx passed through is the client's mistake (an unknown version, a bad signature), not the
+                # backend's: counted as an answered call, not in gateway_upstream_errors_total.
+                if isinstance(exc, UpstreamError) and exc.status < 500:
+                    replica.record_success((time.perf_counter() - start) * 1000.0, ejection)
+                else:
+                    self._on_error(self.name, replica.address, "error")
                 raise
             finally:
                 replica.outstanding -= 1

@@ -329,6 +329,14 @@ def test_backend_header_is_checked_even_where_the_query_overrides_it(client: Tes
     assert r.status_code == 400 and r.json()["error"].startswith("unknown backend '7' in ?backend=")
 
 
+def test_an_empty_backend_name_is_refused_not_taken_as_the_default(client: TestClient) -> None:
+    # The OpenAPI document says torch|tf; schemathesis sent `X-Backend:` (empty) and got a 200.
+    r = client.post("/v1/models/cnn:predict?backend=", json={"instances": IMG})
+    assert r.status_code == 400 and r.json()["error"].startswith("unknown backend '' in ?backend=")
+    r = client.post("/v1/models/cnn:predict", json={"instances": IMG}, headers={"X-Backend": ""})
+    assert r.status_code == 400 and r.json()["error"].startswith("unknown backend '' in X-Backend")
+
+
 @pytest.mark.parametrize(
     ("value", "hint"),
     [(255.0, "divided by 255"), (-0.5, "from -0.5 to"), (3e38, "to 3e+38")],

@@ -97,6 +97,10 @@ def test_explicit_version_and_unknown_model(real: dict[str, str], golden: dict) 
         direct = httpx.post(f"{real['torch']}{path}", content=body)
         assert (binary.status_code, binary.json()) == (json_wire.status_code, json_wire.json())
         assert (binary.status_code, binary.json()) == (direct.status_code, direct.json())
+    # The client's mistakes passed through are not the backends' errors: nothing in the upstream error count.
+    for gw in ("gw_grpc", "gw_grpcio", "gw_rest"):
+        metrics = httpx.get(f"{real[gw]}/metrics").text
+        assert "gateway_upstream_errors_total{" not in metrics, (gw, metrics)
 
 
 @pytest.mark.parametrize("gw", ["gw_grpc", "gw_rest"])

@@ -80,14 +80,22 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coro)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from serving_core.batching import BatchingConfigError
+    from serving_core.cli import refuse_arguments, settings_usage
     from serving_core.settings_errors import setting_problems
     from tf_serving.compat.settings import Settings, load_server_config
     from tf_serving.config import ConfigError
 
+    refused = refuse_arguments(
+        "tf_serving.compat",
+        sys.argv[1:] if argv is None else argv,
+        lambda: settings_usage("tf_serving.compat", Settings, "TF_SERVING_"),
+    )
+    if refused is not None:
+        return refused
     try:
         settings = Settings()
         config = load_server_config(settings)
