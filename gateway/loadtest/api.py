@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.loadtest.report import run_folder, summary_rows, write_report
 from gateway.loadtest.runner import PreflightError, Progress, Runner
 from gateway.loadtest.scenario import Scenario
-from gateway.loadtest.targets import Endpoints, TargetError
+from gateway.loadtest.targets import EXPLICIT_TF_GRPC, EXPLICIT_TF_REST, EXPLICIT_TORCH, Endpoints, TargetError
 from serving_core.openapi import errors
 
 RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9_.-]{1,70}$")
@@ -60,6 +60,16 @@ def endpoints_from_settings(settings: Any) -> Endpoints:
         gateway_url=f"http://{host}:{port}",
         # Its own load tests through itself authenticate like any client (with the first key).
         gateway_api_key=(getattr(settings, "api_keys", None) or [None])[0],
+        # The gateway's own configuration, not defaults: may stand in for what /v1/backends cannot say.
+        explicit=frozenset(
+            k
+            for k, attr in (
+                (EXPLICIT_TORCH, "torch_urls"),
+                (EXPLICIT_TF_REST, "tf_rest_urls"),
+                (EXPLICIT_TF_GRPC, "tf_grpc_targets"),
+            )
+            if getattr(settings, attr, None)
+        ),
     )
 
 

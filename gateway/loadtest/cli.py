@@ -23,7 +23,14 @@ from gateway.loadtest.data import DataError, load_images
 from gateway.loadtest.report import run_folder, summary_table, write_report
 from gateway.loadtest.runner import PreflightError, Progress, Runner
 from gateway.loadtest.scenario import Scenario, builtin_names, load_builtin, load_file
-from gateway.loadtest.targets import Endpoints, TargetError
+from gateway.loadtest.targets import (
+    ERR_WRONG_ANSWER,
+    EXPLICIT_TF_GRPC,
+    EXPLICIT_TF_REST,
+    EXPLICIT_TORCH,
+    Endpoints,
+    TargetError,
+)
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2, 3
 
@@ -176,11 +183,21 @@ def _check_report_dir(path: Path) -> None:
 def endpoints_from_args(args: argparse.Namespace) -> Endpoints:
     ep = Endpoints.from_env(args.via_gateway)
     if args.torch_url:
-        ep = dataclasses.replace(ep, torch_urls=tuple(u.rstrip("/") for u in args.torch_url.split(",")))
+        ep = dataclasses.replace(
+            ep,
+            torch_urls=tuple(u.rstrip("/") for u in args.torch_url.split(",")),
+            explicit=ep.explicit | {EXPLICIT_TORCH},
+        )
     if args.tf_rest_url:
-        ep = dataclasses.replace(ep, tf_rest_urls=tuple(u.rstrip("/") for u in args.tf_rest_url.split(",")))
+        ep = dataclasses.replace(
+            ep,
+            tf_rest_urls=tuple(u.rstrip("/") for u in args.tf_rest_url.split(",")),
+            explicit=ep.explicit | {EXPLICIT_TF_REST},
+        )
     if args.tf_grpc_target:
-        ep = dataclasses.replace(ep, tf_grpc_targets=tuple(args.tf_grpc_target.split(",")))
+        ep = dataclasses.replace(
+            ep, tf_grpc_targets=tuple(args.tf_grpc_target.split(",")), explicit=ep.explicit | {EXPLICIT_TF_GRPC}
+        )
     if args.api_key:
         ep = dataclasses.replace(ep, gateway_api_key=args.api_key)
     return ep
@@ -196,7 +213,14 @@ def check_thresholds(result: dict[str, Any], scenario: Scenario) -> list[str]:
             if th.p99_ms is not None and p99 is not None and p99 > th.p99_ms:
                 failures.append(f"{name}: p99 {p99:.2f} ms > {th.p99_ms} ms")
             if th.error_rate is not None and t["error_rate"] > th.error_rate:
-                failures.append(f"{name}: error rate {t['error_rate']:.4f} > {th.error_rate} ({t['errors']})")
+                kinds = ", ".join(f"{k}={v}" for k, v in sorted(t["errors"].items(), key=lambda kv: -kv[1]))
+                why = ""
+                if t["errors"].get(ERR_WRONG_ANSWER):
+                    version = (t.get("golden_check") or {}).get("version")
+                    why = f"; {ERR_WRONG_ANSWER}: answered, but classes differ from the golden predictions" + (
+                        f" of version {version}" if version is not None else ""
+                    )
+                failures.append(f"{name}: error rate {t['error_rate']:.4f} > {th.error_rate} ({kinds}{why})")
     return failures
 
 

@@ -28,7 +28,16 @@ import numpy as np
 from gateway.loadtest import histograms as H
 from gateway.loadtest import rawhttp
 from gateway.loadtest.data import BodySet
-from gateway.loadtest.targets import ERR_PROTOCOL, GrpcClient, HttpConnection, RequestFailed, Target, parse_rest_classes
+from gateway.loadtest.targets import (
+    ERR_PROTOCOL,
+    ERR_WRONG_ANSWER,
+    ERR_WRONG_BATCH,
+    GrpcClient,
+    HttpConnection,
+    RequestFailed,
+    Target,
+    parse_rest_classes,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,10 @@ class StepSpec:
     worker_index: int = 0
     worker_count: int = 1
     start_at: float | None = None  # perf_counter() time shared by all workers (CLOCK_MONOTONIC on Linux)
+    # An answer whose classes disagree with the golden predictions is an error (wrong_answer). Set only
+    # when those predictions are the served version's (runner.golden_rule); else it lowers
+    # golden_agreement and nothing more.
+    check_golden: bool = False
 
     def for_worker(self, index: int, count: int, start_at: float) -> StepSpec:
         return replace(self, worker_index=index, worker_count=count, start_at=start_at)
@@ -111,31 +124,49 @@ class _Recorder:
         if done > self.last_done:
             self.last_done = done
         if error is not None:
-            self.errors[error.kind] += 1
-            self.block_errors[int(max(when - self.start, 0.0) / self.spec.block_s)] += 1
-            if len(self.error_samples) < 5:
-                self.error_samples.append(str(error)[:300])
+            self._error(error.kind, when, str(error))
             return
         assert classes is not None
         self.record_checked(body_idx, when, sent, done, check_answer(body_idx, bodies, classes))
 
+    def _error(self, kind: str, when: float, sample: str) -> None:
+        self.errors[kind] += 1
+        self.block_errors[int(max(when - self.start, 0.0) / self.spec.block_s)] += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(sample[:300])
+
     def record_checked(self, body_idx: int, when: float, sent: float, done: float, check: AnswerCheck) -> None:
-        """A successful answer whose check_answer() is known (the same body answered the same before)."""
+        """An answered 200 whose check_answer() is known (the same body answered the same before).
+
+        A well-formed answer that is wrong is a failed request, like any other error: an answer with
+        the wrong number of classes always, one whose classes disagree with the golden predictions
+        when the step checks them (spec.check_golden). Labels (accuracy) are never used for this: a
+        correct model gets some labels wrong.
+        """
         if done > self.last_done:
             self.last_done = done
-        self.ok += 1
-        self.lat_s.append(done - when)
-        self.svc_s.append(done - sent)
-        self.when_s.append(when - self.start)
         classes, images, correct, golden_checked, golden_agree = check
         if classes is None:
-            self.errors["wrong_batch"] += 1
+            self._error(ERR_WRONG_BATCH, when, f"{ERR_WRONG_BATCH}: not one class per image sent")
             return
         self.images += images
         self.correct += correct
         self.golden_checked += golden_checked
         self.golden_agree += golden_agree
         self.predictions.setdefault(body_idx, classes)
+        if self.spec.check_golden and golden_agree < golden_checked:
+            sample = (  # built only while samples are still wanted: a broken model fails every answer
+                f"{ERR_WRONG_ANSWER}: classes {classes} disagree with the golden predictions on "
+                f"{golden_checked - golden_agree} of {golden_checked} images"
+                if len(self.error_samples) < 5
+                else ""
+            )
+            self._error(ERR_WRONG_ANSWER, when, sample)
+            return
+        self.ok += 1
+        self.lat_s.append(done - when)
+        self.svc_s.append(done - sent)
+        self.when_s.append(when - self.start)
 
     def result(self, end: float) -> dict[str, Any]:
         elapsed = max(end, self.last_done) - self.start

@@ -100,15 +100,23 @@ def _docker_container(backend: str, container_name: str | None) -> Any | None:
         found = client.containers.list(
             filters={"label": f"com.docker.compose.service={COMPOSE_SERVICE.get(backend, backend)}"}
         )
-        return found[0] if found else None
+        # Two compose projects running the same service: which one is measured cannot be told, and
+        # another stack's numbers are worse than none.
+        return found[0] if len(found) == 1 else None
     except Exception:  # no engine, no permission, no such container: resource use is then "n/a"
         return None
 
 
 def make_source(
-    mode: str, backend: str, ports: tuple[int, ...], pid: int | None = None, container: str | None = None
+    mode: str,
+    backend: str,
+    ports: tuple[int, ...],
+    pid: int | None = None,
+    container: str | None = None,
+    docker_ok: bool = True,
 ) -> _Source:
-    """mode: auto | psutil | docker | none."""
+    """mode: auto | psutil | docker | none. `docker_ok=False`: no container found by its compose
+    service label (a named `container` still is), for a backend known not to be one."""
     if mode == "none":
         return _Source()
     if mode in ("auto", "psutil"):
@@ -118,7 +126,7 @@ def make_source(
                 return _Processes(pids)
         if mode == "psutil":
             return _Source()
-    if mode in ("auto", "docker"):
+    if mode in ("auto", "docker") and (docker_ok or container):
         c = _docker_container(backend, container)
         if c is not None:
             return _Container(c)

@@ -20,9 +20,10 @@ import orjson
 from gateway.loadtest import histograms as H
 from gateway.loadtest import resources, server_metrics, stats
 from gateway.loadtest.data import BodySet, ImageSet, build_bodies, describe, load_images
+from gateway.loadtest.discovery import attribute_gateway_targets
 from gateway.loadtest.engine import StepSpec, WorkerPool, run_step_inline
 from gateway.loadtest.scenario import Scenario
-from gateway.loadtest.targets import Endpoints, Target, resolve
+from gateway.loadtest.targets import ANSWERED_ERRORS, ERR_WRONG_ANSWER, Endpoints, Target, resolve
 
 MIN_BLOCKS = 10  # below this many blocks per target, bootstrap intervals are flagged as unreliable
 
@@ -93,17 +94,74 @@ def versions() -> dict[str, Any]:
     return out
 
 
-def served_version(target: Target) -> Any:
-    if not target.status_url:
-        return None
+def _version(v: Any) -> Any:
     try:
-        with urllib.request.urlopen(target.status_url, timeout=3) as resp:
+        return int(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def _status(url: str) -> tuple[list[Any], list[Any]] | None:
+    """(AVAILABLE versions, all versions) from TF Serving's model status API; None when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
             doc = orjson.loads(resp.read())
         states = doc.get("model_version_status", [])
-        avail = [s.get("version") for s in states if s.get("state") == "AVAILABLE"]
-        return avail or [s.get("version") for s in states]
-    except (OSError, ValueError):
+        return (
+            [_version(s.get("version")) for s in states if s.get("state") == "AVAILABLE"],
+            [_version(s.get("version")) for s in states],
+        )
+    except (OSError, ValueError, AttributeError):
         return None
+
+
+def served_versions(target: Target) -> tuple[Any, list[int | None]]:
+    """(what the report shows as served, per replica the version an unversioned predict gets).
+
+    An unversioned predict is served by the highest AVAILABLE version (TF Serving's rule, which
+    torch_service and the gateway's probe follow). A gateway target's replicas are the gateway's own,
+    with the versions its probes saw (their status API is asked when a probe has not seen one yet);
+    other targets ask each replica's status API.
+    """
+    reported = target.replica_versions
+    if reported is not None and (all(v is not None for v in reported) or not target.status_urls):
+        known = sorted({v for v in reported if v is not None})
+        return known or None, list(reported)
+    shown: list[Any] = []
+    defaults: list[int | None] = []
+    for url in target.status_urls:
+        st = _status(url)
+        avail = [v for v in st[0] if isinstance(v, int)] if st else []
+        defaults.append(max(avail) if avail else None)
+        for v in (st[0] or st[1]) if st else []:
+            if v not in shown:
+                shown.append(v)
+    return shown or None, defaults
+
+
+def golden_rule(images: ImageSet, defaults: list[int | None]) -> dict[str, Any]:
+    """Whether a target's answers that disagree with the golden predictions count as errors.
+
+    Only when the golden predictions are those of the version every replica serves: against another
+    version's predictions a correct model disagrees now and then, and that is no failure.
+    """
+    gv = images.model_version
+    if images.golden_classes is None:
+        reason = "no golden predictions (no golden.npz with `classes`): wrong answers cannot be told"
+    elif gv is None:
+        reason = "the golden predictions' model version is unknown"
+    elif not defaults or any(v is None for v in defaults):
+        reason = f"the served version is not known, so the golden predictions of version {gv} may not apply"
+    elif set(defaults) != {gv}:
+        served = ", ".join(str(v) for v in sorted(set(defaults), key=str))
+        reason = f"it serves version {served}, the golden predictions are version {gv}'s"
+    else:
+        return {
+            "counted": True,
+            "version": gv,
+            "reason": f"answers disagreeing with version {gv}'s golden predictions are {ERR_WRONG_ANSWER} errors",
+        }
+    return {"counted": False, "version": gv, "reason": reason}
 
 
 class Runner:
@@ -121,6 +179,8 @@ class Runner:
         self.cancel = cancel or threading.Event()
         self.targets = {name: resolve(name, endpoints) for name in scenario.targets}
         self.images = images
+        self.golden: dict[str, dict[str, Any]] = {}  # per target: golden_rule()
+        self.attribution_warnings: list[str] = []
         self.bodies: BodySet | None = None
         self.steps: list[dict[str, Any]] = []
         self.dropped: list[str] = []
@@ -149,6 +209,7 @@ class Runner:
             # SLO steps are short and judged by their halves: at least four blocks each.
             else min(self.sc.block_s, duration / 4),
             max_lag_ms=self.sc.max_lag_ms,
+            check_golden=self.golden.get(target.name, {}).get("counted", False),
         )
 
     def _run_spec(self, spec: StepSpec) -> dict[str, Any]:
@@ -182,19 +243,25 @@ class Runner:
             target.ports,
             self.sc.pids.get(target.backend),
             self.sc.containers.get(target.backend),
+            docker_ok=target.docker_ok,
         )
         before = server_metrics.scrape_all(target.metrics_urls, target.metrics_kind, target.metrics_entrypoint)
         t_start = time.perf_counter() - self.t0
         with resources.Sampler(source) as sampler:
             res = self._run_spec(spec)
         after = server_metrics.scrape_all(target.metrics_urls, target.metrics_kind, target.metrics_entrypoint)
+        # Requests the backend itself answered (wrong answers too): its counter must have seen them.
+        answered = res["ok"] + sum(res["errors"].get(k, 0) for k in ANSWERED_ERRORS)
+        sent = max(res.get("sent", 0), res["ok"] + res["failed"])
+        server, unattributable = server_metrics.step_server(before, after, answered, sent)
         res.update(
             phase=phase,
             level=level,
             round=round_index,
             t_start=t_start,
             seed=seed,
-            server=server_metrics.delta_mean_ms(before, after),
+            server=server,
+            server_unattributable=unattributable,
             resources=sampler.summary(),
         )
         if phase != "warmup":
@@ -206,12 +273,16 @@ class Runner:
     # -- the run ------------------------------------------------------------------------------------
 
     def preflight(self) -> dict[str, Any]:
-        """One real predict per target: a wrong address fails now with a clear message, not as errors."""
-        assert self.bodies is not None
+        """One real predict per target: a wrong address fails now with a clear message, not as errors.
+
+        Then what each target serves, and so whether its answers are checked against the golden
+        predictions (golden_rule)."""
+        assert self.bodies is not None and self.images is not None
         served = {}
         for name, target in list(self.targets.items()):
             spec = self._spec(target, {"loop": "closed", "concurrency": 1}, 10.0, self.sc.seed, requests=2)
-            spec = StepSpec(**{**spec.__dict__, "timeout_s": min(spec.timeout_s, 10.0)})
+            # Reachability only: whether answers are right is measured (and counted) by the rounds.
+            spec = StepSpec(**{**spec.__dict__, "timeout_s": min(spec.timeout_s, 10.0), "check_golden": False})
             res = run_step_inline(spec, self.bodies)
             if res["failed"] or not res["ok"]:
                 detail = "; ".join(res["error_samples"]) or "no answer"
@@ -223,7 +294,8 @@ class Runner:
                     self.sc = self.sc.model_copy(update={"targets": [t for t in self.sc.targets if t != name]})
                     continue
                 raise PreflightError(message)
-            served[name] = served_version(target)
+            served[name], defaults = served_versions(target)
+            self.golden[name] = golden_rule(self.images, defaults)
         return served
 
     def run(self) -> dict[str, Any]:
@@ -234,6 +306,8 @@ class Runner:
             self.images = load_images()
         need_grpc = any(t.protocol == "grpc" for t in self.targets.values())
         self.bodies = build_bodies(self.images, sc.load.batch_size, sc.seed, sc.pool_size, grpc=need_grpc)
+        # gateway-* targets: their backends' metrics, processes and versions, as the gateway says.
+        self.targets, self.attribution_warnings = attribute_gateway_targets(self.targets, self.endpoints)
         served = self.preflight()
         sc = self.sc  # without the optional targets that did not answer
         levels = sc.levels()
@@ -316,6 +390,23 @@ class Runner:
 
     # -- statistics ---------------------------------------------------------------------------------
 
+    def _golden_warnings(self) -> list[str]:
+        """Where a wrong answer would NOT fail the run, say so (the error-rate gate cannot see it)."""
+        assert self.images is not None
+        names = [n for n in self.sc.targets if n in self.golden and not self.golden[n]["counted"]]
+        if not names:
+            return []
+        if self.images.golden_classes is None:
+            return [
+                "no golden predictions (golden.npz with `classes`): answers with wrong classes are not counted as "
+                "failed requests, only as lower accuracy"
+            ]
+        return [
+            f"{n}: answers disagreeing with the golden predictions are not counted as failed requests "
+            f"({self.golden[n]['reason']}); see golden agreement"
+            for n in names
+        ]
+
     def _assemble(self, served: dict[str, Any], started: float, slo_results: dict[str, Any]) -> dict[str, Any]:
         sc = self.sc
         assert self.images is not None
@@ -341,10 +432,26 @@ class Runner:
             "duration_s": round(time.time() - started, 1),
             "versions": versions(),
             "machine": resources.machine(),
-            "model": {"repository_version": self.images.model_version, "served": served},
+            "model": {
+                "repository_version": self.images.model_version,
+                "served": served,
+                # Per target: whether answers that disagree with the golden predictions are errors, and why.
+                "golden": {n: self.golden[n] for n in sc.targets if n in self.golden},
+            },
             "data": describe(self.images),
             "targets": {
-                n: {"protocol": t.protocol, "addresses": list(t.addresses), "backend": t.backend}
+                n: {
+                    "protocol": t.protocol,
+                    "addresses": list(t.addresses),
+                    "backend": t.backend,
+                    # Where the server-side latency, resource use and served version come from.
+                    "server_side": {
+                        "source": t.server_source,
+                        "metrics_urls": list(t.metrics_urls),
+                        "ports": list(t.ports),
+                        "note": t.server_note,
+                    },
+                }
                 for n, t in self.targets.items()
             },
             "groups": groups,
@@ -368,6 +475,17 @@ class Runner:
         )
         if self.images is not None and self.images.warning:
             out["warnings"].append(self.images.warning)
+        out["warnings"] += self.attribution_warnings
+        out["warnings"] += self._golden_warnings()
+        for g in groups:
+            for name, t in g["targets"].items():
+                k = t["server_unattributable_steps"]
+                if k:
+                    out["warnings"].append(
+                        f"{name} {_level_label(g['level'])}: server-side latency not attributable in {k} of "
+                        f"{t['rounds']} rounds ({t['server_unattributable_reason']}); "
+                        + ("reported as n/a" if t["server_mean_ms"] is None else "those rounds are left out of it")
+                    )
         out["verdict"] = [
             c["metrics"][m]["text"]
             for g in groups
@@ -412,6 +530,8 @@ class Runner:
                     errors[k] = errors.get(k, 0) + v
             images = sum(s["images"] for s in steps)
             gchk = sum(s["golden_checked"] for s in steps)
+            # Steps whose server counted far fewer (or far more) requests than this target's: not its figures.
+            unattributable = [s["server_unattributable"] for s in steps if s.get("server_unattributable")]
             server = [s["server"] for s in steps if s.get("server")]
             srv_mean = (
                 sum(x["mean_ms"] * x["requests"] for x in server) / sum(x["requests"] for x in server)
@@ -445,7 +565,11 @@ class Runner:
                 "rounds": len(steps),
                 "accuracy": sum(s["correct"] for s in steps) / images if images else None,
                 "golden_agreement": sum(s["golden_agree"] for s in steps) / gchk if gchk else None,
+                "wrong_answers": errors.get(ERR_WRONG_ANSWER, 0),
+                "golden_check": self.golden.get(name, {"counted": False, "reason": "not checked"}),
                 "server_mean_ms": srv_mean,
+                "server_unattributable_steps": len(unattributable),
+                "server_unattributable_reason": unattributable[0] if unattributable else None,
                 "other_mean_ms": (summ["mean"] - srv_mean) if srv_mean is not None and summ["mean"] else None,
                 "resources": {
                     "source": steps[0]["resources"]["source"] if steps else "none",
@@ -484,6 +608,10 @@ class Runner:
             for b in sc.targets[i + 1 :]
         }
         return {"level": level, "targets": per, "comparisons": comparisons, "agreement": agreement}
+
+
+def _level_label(level: dict[str, Any]) -> str:
+    return f"c={level['concurrency']}" if level["loop"] == "closed" else f"rate={level['rate']:g}/s"
 
 
 def _slo_verdict(res: dict[str, Any], p99_ms: float, max_error_rate: float, block_s: float) -> dict[str, Any]:

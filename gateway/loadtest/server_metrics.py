@@ -2,7 +2,9 @@
 
 torch_service: `torch_service_request_latency_seconds` (seconds). TF Serving and the compat server:
 `:tensorflow:serving:request_latency` (microseconds; labels model_name, API, entrypoint). A missing
-endpoint or metric gives None, which reports show as "n/a".
+endpoint or metric gives None, which reports show as "n/a". So does a step whose server counted far
+fewer requests than the client had answered through the target (`step_server`): those figures are
+another server's, or not only ours, and are not reported as the target's.
 """
 
 from __future__ import annotations
@@ -75,3 +77,36 @@ def delta_mean_ms(before: Snapshot | None, after: Snapshot | None) -> dict[str, 
     if dc <= 0:
         return None
     return {"requests": dc, "mean_ms": (after.sum_s - before.sum_s) / dc * 1000.0}
+
+
+# A step's server-side figures are the target's only if the server counted at least this share of the
+# requests the client had answered through it (the rest of the difference: scrape timing, retries)...
+MIN_SERVER_SHARE = 0.5
+# ... and not many more than the client sent (a gateway retries a call at most once): beyond that,
+# other traffic is mixed into the server's figures.
+MAX_SERVER_FACTOR = 2.0
+SLACK_REQUESTS = 10
+
+
+def step_server(
+    before: Snapshot | None, after: Snapshot | None, answered: int, sent: int | None = None
+) -> tuple[dict[str, float] | None, str | None]:
+    """(mean server time of the step, or None; why it is not attributable, or None).
+
+    `answered`: requests of the step that the backend itself answered (2xx, wrong answers included);
+    `sent`: all requests the client sent in the step.
+    """
+    if before is None or after is None:
+        return None, None  # no metric: plain "n/a"
+    dc = after.count - before.count
+    if answered > 0 and dc < MIN_SERVER_SHARE * answered:
+        return None, (
+            f"the server's request counter grew by {dc:.0f} while {answered} requests were answered through "
+            f"this target (under {MIN_SERVER_SHARE:.0%}): its figures are not this target's"
+        )
+    if sent is not None and dc > MAX_SERVER_FACTOR * max(sent, answered) + SLACK_REQUESTS:
+        return None, (
+            f"the server's request counter grew by {dc:.0f} while {max(sent, answered)} requests were sent "
+            "through this target: other traffic is mixed into its figures"
+        )
+    return delta_mean_ms(before, after), None

@@ -1,7 +1,9 @@
 """What can be load-tested (named targets resolved from configuration) and the clients that hit them.
 
 A scenario names targets (`torch`, `tf`, `tf-grpc`, `gateway-torch`, `gateway-tf`), never addresses:
-the addresses come from the same environment variables the gateway reads.
+the addresses come from the same environment variables the gateway reads. A `gateway-*` target's
+server-side sources (the backend's metrics, status, process) are not taken from those variables: the
+runner asks the gateway under test which replicas it uses (gateway/loadtest/discovery.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class Endpoints:
     gateway_url: str | None = None
     # Sent as a bearer token to gateway-* targets when the gateway has API keys (GATEWAY_API_KEYS).
     gateway_api_key: str | None = field(default=None, repr=False)
+    # Which of the address lists were given (a variable, a flag, the gateway's own settings) rather
+    # than defaulted: EXPLICIT_TORCH, EXPLICIT_TF_REST, EXPLICIT_TF_GRPC. Only given addresses may
+    # stand in for a gateway's backends when the gateway cannot say which ones it uses.
+    explicit: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, gateway_url: str | None = None) -> Endpoints:
@@ -47,7 +53,16 @@ class Endpoints:
             tf_grpc_targets=csv("GATEWAY_TF_GRPC_TARGETS", "127.0.0.1:8500"),
             gateway_url=gateway_url.rstrip("/") if gateway_url else None,
             gateway_api_key=os.environ.get("LOADTEST_API_KEY") or None,
+            explicit=frozenset(k for k, var in _ENV_VARS.items() if os.environ.get(var, "").strip()),
         )
+
+
+EXPLICIT_TORCH, EXPLICIT_TF_REST, EXPLICIT_TF_GRPC = "torch", "tf_rest", "tf_grpc"
+_ENV_VARS = {
+    EXPLICIT_TORCH: "GATEWAY_TORCH_URLS",
+    EXPLICIT_TF_REST: "GATEWAY_TF_REST_URLS",
+    EXPLICIT_TF_GRPC: "GATEWAY_TF_GRPC_TARGETS",
+}
 
 
 @dataclass(frozen=True)
@@ -62,9 +77,17 @@ class Target:
     metrics_urls: tuple[str, ...] = ()
     metrics_kind: str = ""  # "torch" | "tf"
     metrics_entrypoint: str = ""  # TF Serving's `entrypoint` label: REST or GRPC
-    status_url: str | None = None
+    status_urls: tuple[str, ...] = ()  # TF Serving's model status API of every replica (served version)
     ports: tuple[int, ...] = field(default_factory=tuple)  # backend listening ports, for resource use
     headers: str = field(default="", repr=False)  # extra request header lines ("Name: value\r\n"...)
+    # Where the server-side sources above come from: "configuration" for direct targets; for gateway-*
+    # targets "unresolved" until the runner asked the gateway, then "gateway", "given" or "none".
+    server_source: str = "configuration"
+    server_note: str = ""  # how the server-side sources were attributed, for the report
+    # The version each replica serves to an unversioned predict, when known without asking the
+    # replicas (a gateway's /v1/backends says it); None: ask status_urls.
+    replica_versions: tuple[int | None, ...] | None = None
+    docker_ok: bool = True  # resource use may fall back to a compose container found by service label
 
 
 def _check_http(urls: tuple[str, ...], what: str) -> None:
@@ -81,8 +104,8 @@ def resolve(name: str, ep: Endpoints) -> Target:
         _check_http(ep.tf_rest_urls, "TF REST URLs (GATEWAY_TF_REST_URLS / --tf-rest-url)")
     if name.startswith("gateway-") and ep.gateway_url:
         _check_http((ep.gateway_url,), "the gateway URL (--via-gateway)")
-    torch_metrics = tuple(f"{u}/metrics" for u in ep.torch_urls)
-    tf_metrics = tuple(f"{u}/monitoring/prometheus/metrics" for u in ep.tf_rest_urls)
+    torch_metrics = metrics_urls_for("torch", ep.torch_urls)
+    tf_metrics = metrics_urls_for("tf", ep.tf_rest_urls)
     torch_ports = tuple(_port(u) for u in ep.torch_urls)
     tf_ports = tuple(_port(u) for u in ep.tf_rest_urls)
     if name == "torch":
@@ -93,7 +116,7 @@ def resolve(name: str, ep: Endpoints) -> Target:
             backend="torch",
             metrics_urls=torch_metrics,
             metrics_kind="torch",
-            status_url=f"{ep.torch_urls[0]}/v1/models/cnn",
+            status_urls=status_urls(ep.torch_urls),
             ports=torch_ports,
         )
     if name == "tf":
@@ -105,7 +128,7 @@ def resolve(name: str, ep: Endpoints) -> Target:
             metrics_urls=tf_metrics,
             metrics_kind="tf",
             metrics_entrypoint="REST",
-            status_url=f"{ep.tf_rest_urls[0]}/v1/models/cnn",
+            status_urls=status_urls(ep.tf_rest_urls),
             ports=tf_ports,
         )
     if name == "tf-grpc":
@@ -118,28 +141,38 @@ def resolve(name: str, ep: Endpoints) -> Target:
             metrics_urls=tf_metrics,
             metrics_kind="tf",
             metrics_entrypoint="GRPC",
-            status_url=f"{ep.tf_rest_urls[0]}/v1/models/cnn" if ep.tf_rest_urls else None,
+            status_urls=status_urls(ep.tf_rest_urls),
             ports=tf_ports,
         )
     if name in ("gateway-torch", "gateway-tf"):
         if not ep.gateway_url:
             raise TargetError(f"target {name!r} needs a gateway URL (--via-gateway)")
         backend = name.split("-", 1)[1]
-        inner = resolve(backend, ep)
+        # No server-side sources yet: which backend replicas this gateway uses is asked of the gateway
+        # itself when the run starts (discovery.attribute_gateway_targets), never assumed from the
+        # variables above, whose defaults may well name another stack's servers.
         return Target(
             name,
             "rest",
             (ep.gateway_url,),
             path=f"{PREDICT_PATH}?backend={backend}",
             backend=backend,
-            metrics_urls=inner.metrics_urls,
-            metrics_kind=inner.metrics_kind,
-            metrics_entrypoint="GRPC" if backend == "tf" else "",
-            status_url=inner.status_url,
-            ports=inner.ports,
+            metrics_kind=backend,
             headers=f"Authorization: Bearer {ep.gateway_api_key}\r\n" if ep.gateway_api_key else "",
+            server_source="unresolved",
+            docker_ok=False,
         )
     raise TargetError(f"unknown target {name!r}; known: {', '.join(TARGET_NAMES)}")
+
+
+def metrics_urls_for(backend: str, rest_urls: tuple[str, ...]) -> tuple[str, ...]:
+    """Where each REST replica of a backend exports its request-latency histogram."""
+    path = "/metrics" if backend == "torch" else "/monitoring/prometheus/metrics"
+    return tuple(f"{u}{path}" for u in rest_urls)
+
+
+def status_urls(rest_urls: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{u}/v1/models/cnn" for u in rest_urls)
 
 
 def _port(url: str) -> int:
@@ -153,6 +186,11 @@ def _port(url: str) -> int:
 ERR_CONNECT = "connect"
 ERR_TIMEOUT = "timeout"
 ERR_PROTOCOL = "protocol"
+# Answered 200 with well-formed predictions, but wrong: not one class per image sent, or (where the
+# golden predictions of the served version are known) classes that disagree with them.
+ERR_WRONG_BATCH = "wrong_batch"
+ERR_WRONG_ANSWER = "wrong_answer"
+ANSWERED_ERRORS = (ERR_WRONG_BATCH, ERR_WRONG_ANSWER)  # errors the backend itself answered
 
 
 class RequestFailed(Exception):

@@ -4,8 +4,9 @@
 images carry their labels and accuracy checks are real. Options: fixed delay (asyncio.sleep, so
 requests overlap), one whole-server stall (time.sleep on the loop: nothing is served meanwhile),
 wrong answers, an error status, chunked answers, closing keep-alive connections after a number of
-answers (silently, or announced with `Connection: close`), and a Prometheus histogram like
-torch_service's.
+answers (silently, or announced with `Connection: close`), a Prometheus histogram like
+torch_service's (optionally counting only every Nth predict, as a server that is not the one under
+load would), and the model version its status API reports.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ HIST = "torch_service_request_latency_seconds"
 class State:
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.count = 0
+        self.count = 0  # predicts answered
+        self.metric_count = 0  # predicts the Prometheus histogram has seen
         self.lat_sum = 0.0
         self.stalled = False
 
@@ -43,8 +45,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st:
             t0 = time.perf_counter()
             if path.startswith(b"/metrics"):
                 text = (
-                    f'# TYPE {HIST} histogram\n{HIST}_bucket{{le="+Inf"}} {st.count}\n'
-                    f"{HIST}_count {st.count}\n{HIST}_sum {st.lat_sum}\n"
+                    f'# TYPE {HIST} histogram\n{HIST}_bucket{{le="+Inf"}} {st.metric_count}\n'
+                    f"{HIST}_count {st.metric_count}\n{HIST}_sum {st.lat_sum}\n"
                 ).encode()
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
@@ -55,7 +57,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st:
                 await writer.drain()
                 continue
             if method == b"GET":
-                out = b'{"model_version_status":[{"version":"1","state":"AVAILABLE"}]}'
+                out = b'{"model_version_status":[{"version":"%d","state":"AVAILABLE"}]}' % st.args.version
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
                     + str(len(out)).encode()
@@ -81,7 +83,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st:
                     preds.append({"probabilities": [0.1] * 10, "classes": cls % 10})
                 out = orjson.dumps({"predictions": preds})
                 status = b"200 OK"
-            st.lat_sum += time.perf_counter() - t0
+            if st.count % st.args.count_every == 0:
+                st.metric_count += 1
+                st.lat_sum += time.perf_counter() - t0
             answered += 1
             closing = bool(st.args.close_after) and answered >= st.args.close_after
             head = b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
@@ -125,6 +129,8 @@ def main() -> None:
     parser.add_argument("--chunked", action="store_true", help="answer predicts with chunked transfer coding")
     parser.add_argument("--close-after", type=int, default=0, help="close each connection after N predict answers")
     parser.add_argument("--close-header", action="store_true", help="announce that close with Connection: close")
+    parser.add_argument("--version", type=int, default=1, help="the version the status API says is AVAILABLE")
+    parser.add_argument("--count-every", type=int, default=1, help="the metric counts only every Nth predict")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -38,6 +38,11 @@ SUMMARY_FIELDS = [
     "cpu_percent",
     "memory_mb",
     "valid",
+    # Appended (older readers keep their columns): wrong answers are part of `failed` when counted.
+    "wrong_answers",
+    "golden_agreement",
+    "golden_counted",
+    "server_unattributable_steps",
 ]
 
 
@@ -77,6 +82,13 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "cpu_percent": t["resources"]["cpu_percent_mean"],
                     "memory_mb": t["resources"]["memory_mb_max"],
                     "valid": t["valid"],
+                    # n/a where answers were not checked against the served version's golden predictions.
+                    "wrong_answers": t.get("wrong_answers", 0)
+                    if (t.get("golden_check") or {}).get("counted")
+                    else None,
+                    "golden_agreement": t.get("golden_agreement"),
+                    "golden_counted": (t.get("golden_check") or {}).get("counted"),
+                    "server_unattributable_steps": t.get("server_unattributable_steps", 0),
                 }
             )
     for name, r in result.get("slo", {}).items():
@@ -108,6 +120,7 @@ def summary_table(result: dict[str, Any]) -> str:
         ("target", "target", 0),
         ("requests", "requests", 0),
         ("failed", "failed", 0),
+        ("wrong_answers", "wrong", 0),
         ("throughput_rps", "req/s", 1),
         ("mean_ms", "mean", 2),
         ("p50_ms", "p50", 2),
@@ -124,11 +137,17 @@ def summary_table(result: dict[str, Any]) -> str:
         r = dict(r)
         lo, hi = r.get("p99_ci_lo"), r.get("p99_ci_hi")
         r["p99_ci"] = f"{lo:.2f}-{hi:.2f}" if lo is not None and hi is not None else "n/a"
-        rows.append([_fmt(r.get(k), d) for k, _, d in cols])
+        cells = [_fmt(r.get(k), d) for k, _, d in cols]
+        if r.get("server_unattributable_steps"):
+            # Marked: some rounds' server figures were another server's (see the warnings).
+            cells[[k for k, _, _ in cols].index("server_mean_ms")] += "!"
+        rows.append(cells)
     head = [h for _, h, _ in cols]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)) + "   (latency in ms)"]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    if any(r.get("server_unattributable_steps") for r in summary_rows(result)):
+        lines.append("server ...!: not attributable to the target in some or all rounds (see the warnings)")
     return "\n".join(lines)
 
 

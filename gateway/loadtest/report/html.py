@@ -125,7 +125,8 @@ def breakdown_chart(group: dict[str, Any]) -> str:
         mean = t["latency_ms"]["mean"] or 0.0
         srv = t["server_mean_ms"]
         if srv is None:
-            rows.append((f"{name} (server n/a)", [(mean, "#8d96a3", "client-measured mean (no server metric)")]))
+            why = "not attributable" if t.get("server_unattributable_steps") else "n/a"
+            rows.append((f"{name} (server {why})", [(mean, "#8d96a3", "client-measured mean (no server metric)")]))
         else:
             rows.append(
                 (
