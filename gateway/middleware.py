@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.access_log import AccessLog
 from gateway.errors import LOG_KEY, PayloadTooLarge
 from gateway.metrics import Metrics
+from serving_core.content_encoding import decoding
 from serving_core.http_protocol import CLIENT_GONE
 from serving_core.routes import head_as_get
 
@@ -123,7 +124,11 @@ class GatewayMiddleware:
                     await send(msg)
                 status_box[0] = 413
                 return
-            await self.app(scope, self._capped(receive) if length is None else receive, send_with_id)
+            receive = self._capped(receive) if length is None else receive  # the cap counts compressed bytes
+            encoding = headers.get(b"content-encoding")
+            if encoding is not None:  # gzip, uncompressed here as TF Serving does (serving_core.content_encoding)
+                scope, receive = decoding(scope, receive, encoding.decode("latin-1"), self.max_body)
+            await self.app(scope, receive, send_with_id)
         finally:
             # A client that left before its answer was written was nobody's error and got nothing: 499, as
             # nginx logs it. Before its body arrived: set by the fast path, and by the ClientDisconnect

@@ -49,6 +49,14 @@ class PayloadTooLarge(ServingError):
     tf_code = "RESOURCE_EXHAUSTED"
 
 
+class UnsupportedMediaType(ServingError):
+    # A request encoding the server cannot read (Content-Encoding other than gzip). TF Serving has no
+    # such answer (it would fail to parse the bytes: 400); 415 says what to change.
+    http_status = 415
+    grpc_code = "INVALID_ARGUMENT"
+    tf_code = "INVALID_ARGUMENT"
+
+
 class Unavailable(ServingError):
     """Overload (batch queue full), model not ready, or shutting down: retry later."""
 

@@ -11,6 +11,7 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving_core.content_encoding import decoding
 from serving_core.errors import PayloadTooLarge
 from serving_core.routes import head_as_get
 from torch_service.metrics import Metrics
@@ -60,6 +61,7 @@ class ServingMiddleware:
         status = [500]  # what the count records if the app dies before answering
         m.in_flight.inc()
         try:
+            encoding = None
             for key, value in scope["headers"]:
                 if key == b"content-length":
                     length = int(value) if value.isdigit() else 0
@@ -67,7 +69,8 @@ class ServingMiddleware:
                         status[0] = 413
                         await self._reject_too_large(send, length)
                         return
-                    break
+                elif key == b"content-encoding":
+                    encoding = value.decode("latin-1")
             max_body = self.max_body
             received = 0
 
@@ -86,7 +89,10 @@ class ServingMiddleware:
                     status[0] = message["status"]
                 await send(message)
 
-            await self.app(scope, counting_receive, recording_send)
+            receive_body: Receive = counting_receive  # the cap counts compressed bytes, and decoding applies it again
+            if encoding is not None:  # gzip, uncompressed here as TF Serving does (serving_core.content_encoding)
+                scope, receive_body = decoding(scope, counting_receive, encoding, max_body)
+            await self.app(scope, receive_body, recording_send)
         except ClientDisconnect:
             # The client left before its body arrived: nobody to answer, and not a server error (499,
             # as nginx logs it) — counting it as a 500 would page someone for a client's hang-up.

@@ -77,6 +77,27 @@ def test_predict_equals_direct_call_and_golden(
         assert through.content == direct.content
 
 
+@pytest.mark.parametrize("gw", ["gw_grpc", "gw_rest"])
+def test_gzip_bodies_are_read_and_other_encodings_refused(real: dict[str, str], golden: dict, gw: str) -> None:
+    """As TF Serving reads them: a gzip body is uncompressed before anything else (on the predict fast path
+    and FastAPI's routes alike, whichever wire goes upstream); deflate or br is a clear 415."""
+    import gzip
+
+    plain = instances(golden["images"][:2], "row")
+    packed = gzip.compress(plain)
+    for backend in ("torch", "tf"):
+        url = f"{real[gw]}/v1/models/cnn:predict?backend={backend}"
+        ours = httpx.post(url, content=packed, headers={"Content-Encoding": "gzip"})
+        assert ours.status_code == 200, ours.text
+        assert ours.json() == httpx.post(url, content=plain).json()
+        r = httpx.post(url, content=plain, headers={"Content-Encoding": "br"})
+        assert r.status_code == 415 and "not supported" in r.json()["error"], r.text
+        r = httpx.post(url, content=plain, headers={"Content-Encoding": "gzip"})
+        assert r.status_code == 400 and "not valid gzip" in r.json()["error"], r.text
+    r = httpx.post(f"{real[gw]}/v1/compare", content=packed, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 200 and r.json()["agreement"]["argmax_agreement"] == 1.0, r.text
+
+
 def test_explicit_version_and_unknown_model(real: dict[str, str], golden: dict) -> None:
     body = instances(golden["images"][:1], "row")
     for backend in ("torch", "tf"):

@@ -371,3 +371,18 @@ def test_openapi_docs(client: httpx.Client) -> None:
     assert "/v2/models/{name}/infer" in spec["paths"]
     assert "/v1/models/{model_path}" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_v2_binary_request_sent_gzip_compressed(client: httpx.Client, golden: dict[str, np.ndarray]) -> None:
+    # tritonclient's request_compression_algorithm="gzip": the whole body (JSON head and tensor bytes)
+    # compressed, Inference-Header-Content-Length counting the uncompressed head. Was a 400 ("Malformed JSON").
+    import gzip
+
+    body, headers = _binary_request(golden["images"][:3])
+    packed = gzip.compress(body)
+    r = client.post("/v2/models/cnn/infer", content=packed, headers={**headers, "Content-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert out["classes"]["data"] == golden["classes"][:3].tolist()
+    r = client.post("/v2/models/cnn/infer", content=body, headers={**headers, "Content-Encoding": "deflate"})
+    assert r.status_code == 415 and "gzip" in r.json()["error"]

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serving_core import tfs_rest
+from serving_core.content_encoding import decode_body
 from serving_core.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, PayloadTooLarge, ServingError
 from serving_core.routes import error_headers
 from tf_serving.compat.model import ModelRegistry
@@ -108,6 +109,8 @@ def _add_model_routes(app: FastAPI, settings: Settings) -> None:
                     f"Request body of {length} bytes exceeds the limit of {settings.max_body_bytes} bytes"
                 )
             body = await _read_capped(request, settings.max_body_bytes)
+            # A gzip body is uncompressed first, as TF Serving's HTTP server does (serving_core.content_encoding).
+            body = decode_body(body, request.headers.get("content-encoding"), settings.max_body_bytes)
             req = tfs_rest.parse_predict_body(body)
             try:
                 _, outputs = await asyncio.wait_for(registry.predict(path.name, path.version, req.images), timeout_s)
