@@ -40,7 +40,8 @@ def new_log_dir(settings: StackSettings) -> Path:
 
 def prepare_model(settings: StackSettings, log_dir: Path, *, force: bool, trainer_args: Sequence[str]) -> int:
     t0 = time.monotonic()
-    say(f"model repository: {settings.model_repository} (trains if it holds no version; log {log_dir}/trainer.log)")
+    when = "trains a new version" if force else "trains if it holds no version"
+    say(f"model repository: {settings.model_repository} ({when}; log {log_dir}/trainer.log)")
     # Progress bars only clutter a log file.
     args = ["--no-progress", *trainer_args]
     version, trained = ensure_model(

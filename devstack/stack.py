@@ -55,8 +55,9 @@ def check_ports_free(settings: StackSettings) -> None:
         raise PortInUse(
             f"port(s) already in use on {settings.host}: {listing}. Another stack (or `make up`, or a "
             f"container publishing these ports) is probably running: stop it, or pick other ports, e.g. "
-            f"`python -m devstack demo --ports auto` or "
-            f"`python -m devstack demo --ports gateway=18000,torch_service=18080,tf_rest=18501,tf_grpc=18500`."
+            f"`.venv/bin/python -m devstack demo --ports auto` or "
+            f"`.venv/bin/python -m devstack demo "
+            f"--ports gateway=18000,torch_service=18080,tf_rest=18501,tf_grpc=18500`."
         )
 
 

@@ -105,6 +105,10 @@ def _loads(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
+        if "integer string conversion" in str(exc):  # Python's own limit, and its advice to raise it
+            raise InvalidArgument(
+                f"Input '{contract.INPUT_NAME}' contains a number too large for float32 (thousands of digits)"
+            ) from None
         raise InvalidArgument(f"Malformed JSON in request body: {exc}") from None
     except RecursionError:
         raise InvalidArgument("Malformed JSON in request body: nested too deeply") from None

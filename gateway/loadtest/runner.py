@@ -486,8 +486,9 @@ class Runner:
                         f"{t['rounds']} rounds ({t['server_unattributable_reason']}); "
                         + ("reported as n/a" if t["server_mean_ms"] is None else "those rounds are left out of it")
                     )
+        # A sweep compares at every level: each line names its level (alone, the levels' lines were indistinguishable).
         out["verdict"] = [
-            c["metrics"][m]["text"]
+            (f"{_level_label(g['level'])}: " if len(groups) > 1 else "") + c["metrics"][m]["text"]
             for g in groups
             for c in g["comparisons"]
             for m in ("p50", "p99", "throughput")

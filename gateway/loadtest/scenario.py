@@ -143,7 +143,10 @@ class Scenario(_Model):
 
 def load_file(path: str | Path) -> dict[str, Any]:
     text = Path(path).read_text(encoding="utf-8")
-    data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:  # the parser's message names a line, not the file
+        raise ValueError(f"{path}: not a valid scenario file: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a scenario file holds a mapping")
     return data

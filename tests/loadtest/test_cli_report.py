@@ -217,7 +217,7 @@ def test_gateway_targets_carry_the_api_key_from_flag_or_environment(monkeypatch:
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--scenario", "{bad_yaml}"], "error:"),  # a YAML syntax error: was a traceback and exit 1
+        (["--scenario", "{bad_yaml}"], "bad.yaml: not a valid scenario file"),  # was a traceback and exit 1
         (["--targets", "torch", "--torch-url", "localhost:8080"], "must be http:// URLs"),
         (["--fail-p99-ms", "-5"], "thresholds.p99_ms"),
         (["--fail-error-rate", "2"], "thresholds.error_rate"),
@@ -249,3 +249,14 @@ def test_bad_arguments_exit_3_with_one_clear_line_before_any_load(
     )
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err, err
+
+
+def test_a_sweeps_verdicts_name_their_level(tmp_path, fake_server, synthetic_repo):
+    url = fake_server("--delay-ms", "2")
+    args = ["--report-dir", str(tmp_path / "r"), "--targets", "torch,tf", "--torch-url", url, "--tf-rest-url", url]
+    args += ["--no-progress", "--warmup", "0.3", "--resources", "none", "--duration", "1", "--rounds", "1"]
+    assert main([*args, "--sweep-concurrency", "1,2", "--name", "levels"]) in (0, 1)
+    [report] = [json.loads((p / "report.json").read_text()) for p in (tmp_path / "r").iterdir()]
+    verdict = report["verdict"]
+    assert verdict, report
+    assert {line.split(": ", 1)[0] for line in verdict} == {"c=1", "c=2"}, verdict

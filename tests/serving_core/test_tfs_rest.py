@@ -313,3 +313,11 @@ def test_an_oversized_batch_is_refused_before_its_numbers_are_parsed() -> None:
         parse_predict_body(body, max_batch_size=2)
     with pytest.raises(InvalidArgument, match="Malformed JSON"):  # within the cap, the numbers are read
         parse_predict_body(body, max_batch_size=3)
+
+
+def test_an_integer_of_thousands_of_digits_is_named_without_pythons_advice() -> None:
+    # orjson refuses it; the stdlib parser's error ("use sys.set_int_max_str_digits()") was passed on.
+    body = b'{"instances": [[[[' + b"1" * 5000 + b"]]]]}"
+    with pytest.raises(InvalidArgument, match="a number too large for float32") as info:
+        parse_predict_body(body)
+    assert "sys." not in info.value.message
