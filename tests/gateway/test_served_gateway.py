@@ -30,7 +30,7 @@ class RawBackend(socketserver.ThreadingTCPServer):
 
     daemon_threads = True
 
-    def __init__(self, reply: bytes) -> None:
+    def __init__(self, reply: bytes, delay_s: float = 0.0) -> None:
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
                 while True:
@@ -45,6 +45,7 @@ class RawBackend(socketserver.ThreadingTCPServer):
                         if line.lower().startswith(b"content-length:"):
                             length = int(line.split(b":")[1])
                     self.rfile.read(length)
+                    time.sleep(delay_s)  # a slow backend: every answer this late
                     self.wfile.write(reply)
 
         super().__init__(("127.0.0.1", 0), Handler)
@@ -71,6 +72,25 @@ def served(settings: Settings) -> Iterator[str]:
         thread.join(15)
 
 
+@contextmanager
+def gateway_before(reply: bytes, delay_s: float = 0.0) -> Iterator[str]:
+    """A served gateway whose torch backend is a RawBackend answering `reply`; yields its URL."""
+    with RawBackend(reply, delay_s) as raw:
+        threading.Thread(target=raw.serve_forever, daemon=True).start()
+        settings = Settings(
+            port=free_port(),
+            torch_urls=[raw.url],
+            tf_grpc_targets=[unused_target()],
+            access_log=False,
+            log_level="warning",
+        )
+        try:
+            with served(settings) as url:
+                yield url
+        finally:
+            raw.shutdown()
+
+
 def uvicorn_server(settings: Settings) -> object:
     import uvicorn
 
@@ -81,19 +101,9 @@ def test_a_backend_version_that_would_split_the_head_is_a_json_502() -> None:
     probs = np.full((1, 10), 0.1, dtype=np.float32)
     reply = binary_answer(probs, np.array([3]), version="1\r\nx-injected: yes")
     body = {"instances": np.zeros((1, 28, 28, 1)).tolist()}
-    with RawBackend(reply) as raw:
-        threading.Thread(target=raw.serve_forever, daemon=True).start()
-        settings = Settings(
-            port=free_port(),
-            torch_urls=[raw.url],
-            tf_grpc_targets=[unused_target()],
-            access_log=False,
-            log_level="warning",
-        )
-        with served(settings) as url:
-            r = httpx.post(f"{url}/v1/models/cnn:predict", json=body, timeout=10)
-            ok = httpx.get(f"{url}/healthz", timeout=10)  # and it goes on serving
-        raw.shutdown()
+    with gateway_before(reply) as url:
+        r = httpx.post(f"{url}/v1/models/cnn:predict", json=body, timeout=10)
+        ok = httpx.get(f"{url}/healthz", timeout=10)  # and it goes on serving
     assert r.status_code == 502 and r.headers["content-type"] == "application/json"
     assert "x-injected" not in r.headers
     assert "model version that is no header value" in r.json()["error"]
@@ -149,37 +159,15 @@ def test_a_client_that_leaves_while_the_backend_works_is_a_499_not_a_200() -> No
     probs = np.full((1, 10), 0.1, dtype=np.float32)
     reply = binary_answer(probs, np.array([3]), version="1")
 
-    class SlowBackend(RawBackend):
-        def __init__(self) -> None:
-            super().__init__(reply)
-            handler = self.RequestHandlerClass
-
-            class Slow(handler):  # type: ignore[misc, valid-type]
-                def handle(self) -> None:
-                    time.sleep(1.0)
-                    super().handle()
-
-            self.RequestHandlerClass = Slow
-
     body = {"instances": np.zeros((1, 28, 28, 1)).tolist()}
-    with SlowBackend() as raw:
-        threading.Thread(target=raw.serve_forever, daemon=True).start()
-        settings = Settings(
-            port=free_port(),
-            torch_urls=[raw.url],
-            tf_grpc_targets=[unused_target()],
-            access_log=False,
-            log_level="warning",
-        )
-        with served(settings) as url:
-            try:
-                httpx.post(f"{url}/v1/models/cnn:predict", json=body, timeout=0.2)
-                raise AssertionError("the backend answered within 0.2 s")
-            except httpx.TimeoutException:
-                pass
-            time.sleep(1.5)  # the backend answers; the gateway finishes the request it can no longer answer
-            text = httpx.get(f"{url}/metrics", timeout=10).text
-        raw.shutdown()
+    with gateway_before(reply, delay_s=1.0) as url:
+        try:
+            httpx.post(f"{url}/v1/models/cnn:predict", json=body, timeout=0.2)
+            raise AssertionError("the backend answered within 0.2 s")
+        except httpx.TimeoutException:
+            pass
+        time.sleep(1.5)  # the backend answers; the gateway finishes the request it can no longer answer
+        text = httpx.get(f"{url}/metrics", timeout=10).text
     assert _metric(text, "predict", "torch", 499) == 1.0
     assert _metric(text, "predict", "torch", 200) == 0.0
 
