@@ -41,7 +41,7 @@ class Replica:
     errors: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     # The tasks with a call on this replica now, and those of them being moved to another (pool._move_off).
-    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    inflight: dict[asyncio.Task[Any], int] = field(default_factory=dict)  # task -> tries it has left
     moved: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property

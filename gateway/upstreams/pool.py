@@ -110,7 +110,7 @@ class BackendPool:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()  # once: on Python 3.11 each lookup costs a getpid()
         task = asyncio.current_task(self._loop)
-        for _ in range(attempts):
+        for attempt in range(attempts):
             replica = self.balancer.pick(tried)
             if replica is None:
                 break
@@ -119,7 +119,7 @@ class BackendPool:
             ejection = replica.ejection
             start = time.perf_counter()
             if task is not None:  # always, from a request (a call outside any task is just never moved)
-                replica.inflight.add(task)
+                replica.inflight[task] = attempts - attempt - 1  # tries left after this one
             try:
                 result = await send(replica)
             except asyncio.CancelledError:
@@ -154,7 +154,7 @@ class BackendPool:
             finally:
                 replica.outstanding -= 1
                 if task is not None:
-                    replica.inflight.discard(task)
+                    replica.inflight.pop(task, None)
                     replica.moved.discard(task)
             latency_ms = (time.perf_counter() - start) * 1000.0
             replica.record_success(latency_ms, ejection)
@@ -179,14 +179,17 @@ class BackendPool:
     def _move_off(self, replica: Replica) -> None:
         """A replica that stopped answering its probe (frozen, overloaded, its host gone quiet) holds calls
         that would each wait out the whole time limit and end as 504s, while another replica could answer
-        them: they are cancelled there and sent again elsewhere (predict is idempotent), if another replica
-        is in rotation and retries are on. With none, they keep waiting: it may yet answer them."""
+        them: they are cancelled there and sent again elsewhere (predict is idempotent; the new try has its
+        own time limit), if another replica is in rotation, retries are on and the call has a try left.
+        Otherwise they keep waiting: it may yet answer them."""
         if not replica.inflight or not self.retry:
             return
         if not any(r.available for r in self.replicas if r is not replica):
             return
-        for task in list(replica.inflight):
-            if task not in replica.moved:
+        for task, tries_left in list(replica.inflight.items()):
+            # A call on its last try stays: moved, it would end as a 503 at once, where waiting may yet
+            # get it an answer within its time limit.
+            if tries_left > 0 and task not in replica.moved:
                 replica.moved.add(task)
                 task.cancel()
 

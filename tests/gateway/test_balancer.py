@@ -135,8 +135,14 @@ class FakeTransport:
             raise ReplicaDown("connection refused")
         if kind == "timeout":
             raise UpstreamTimeout("timed out")
-        await asyncio.sleep(0)
+        # hang: a frozen replica, as far as this call can tell; slow: a busy one that answers
+        await asyncio.sleep({"hang": 5.0, "slow": 0.3}.get(kind, 0))
         return PredictResult(b"{}", None, 0.0, replica.address, inp.format)
+
+    async def probe(self, replica, model):  # type: ignore[no-untyped-def]
+        if self.behaviour.get(replica.address) in ("hang", "probe_fails"):
+            raise TimeoutError("probe timed out")
+        return 7
 
 
 def pool(rs: list[Replica], behaviour: dict[str, str], retry: bool = True) -> tuple[BackendPool, FakeTransport]:
@@ -187,3 +193,43 @@ async def test_outstanding_counts_return_to_zero() -> None:
     p, _ = pool(rs, {"r0": "timeout"})
     await asyncio.gather(*(p.predict("cnn", None, REQ, None) for _ in range(20)), return_exceptions=True)
     assert [r.outstanding for r in rs] == [0, 0]
+
+
+async def test_calls_held_by_a_replica_that_fails_its_probe_move_to_another() -> None:
+    rs = replicas(2)
+    p, t = pool(rs, {"r0": "hang"})
+    p.balancer._next = -1  # the first pick is r0
+    call = asyncio.create_task(p.predict("cnn", None, REQ, None))
+    await asyncio.sleep(0.01)
+    assert call in rs[0].inflight and not call.done()
+    await p._probe(rs[0], "cnn")  # r0 stops answering its probe while r1 is in rotation
+    result = await asyncio.wait_for(call, 1.0)  # not the 5 s r0 would have held it
+    assert result.replica == "r1" and t.calls == ["r0", "r1"]
+    assert not rs[0].inflight and not rs[0].moved and rs[0].outstanding == 0
+
+
+async def test_a_call_on_its_last_try_is_not_moved() -> None:
+    # r0 refuses (first try), r1 is slow but answering: a probe r1 misses must not turn the call into an
+    # immediate 503 (a move would use up its last try), so it stays and is answered.
+    rs = replicas(2)
+    p, t = pool(rs, {"r0": "down", "r1": "slow"})
+    p.balancer._next = -1
+    call = asyncio.create_task(p.predict("cnn", None, REQ, None))
+    await asyncio.sleep(0.01)
+    assert call in rs[1].inflight and rs[1].inflight[call] == 0
+    t.behaviour = {"r1": "probe_fails"}  # r0 back; r1 misses one probe while its call runs
+    await p._probe(rs[0], "cnn")
+    await p._probe(rs[1], "cnn")
+    assert not call.cancelled() and call not in rs[1].moved
+    assert (await asyncio.wait_for(call, 6.0)).replica == "r1"
+
+
+async def test_without_another_replica_in_rotation_nothing_moves() -> None:
+    rs = replicas(1)
+    p, _ = pool(rs, {"r0": "hang"})
+    call = asyncio.create_task(p.predict("cnn", None, REQ, None))
+    await asyncio.sleep(0.01)
+    await p._probe(rs[0], "cnn")
+    await asyncio.sleep(0.01)
+    assert not call.done() and not rs[0].moved  # it may yet answer; its own time limit decides
+    call.cancel()
