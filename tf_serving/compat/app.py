@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from serving_core import tfs_rest
-from serving_core.content_encoding import decode_body
+from serving_core.content_encoding import decode_body_async
 from serving_core.errors import DeadlineExceeded, Internal, InvalidArgument, NotFound, PayloadTooLarge, ServingError
 from serving_core.routes import error_headers
 from tf_serving.compat.model import ModelRegistry
@@ -101,7 +101,8 @@ def _add_model_routes(app: FastAPI, settings: Settings) -> None:
             if path.verb != "predict":
                 # The only signature is a predict signature; TF Serving refuses classify/regress on it so,
                 # once the model and version are found.
-                registry.manager(path.name, version=path.version)
+                with registry.acquire(path.name, path.version):  # NOT_FOUND for an unknown model or version
+                    pass
                 raise InvalidArgument(tfs_rest.unsupported_method(path.verb))
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
@@ -110,7 +111,7 @@ def _add_model_routes(app: FastAPI, settings: Settings) -> None:
                 )
             body = await _read_capped(request, settings.max_body_bytes)
             # A gzip body is uncompressed first, as TF Serving's HTTP server does (serving_core.content_encoding).
-            body = decode_body(body, request.headers.get("content-encoding"), settings.max_body_bytes)
+            body = await decode_body_async(body, request.headers.get("content-encoding"), settings.max_body_bytes)
             req = tfs_rest.parse_predict_body(body)
             try:
                 _, outputs = await asyncio.wait_for(registry.predict(path.name, path.version, req.images), timeout_s)
