@@ -44,6 +44,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 DEFAULT_REQUEST_READ_TIMEOUT_S = 60.0
 # Set to True in a request's ASGI scope when its connection closed before the answer was complete.
 CLIENT_GONE = "serving_core.client_gone"
+# Set to the status this protocol answered a request with itself (a malformed body) after its app started.
+REFUSED = "serving_core.refused"
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 # How long a refused client's remaining bytes are read and dropped before the connection closes.
 LINGER_S = 2.0
@@ -61,13 +63,21 @@ class _HeadWithBodyTransport:
     messages. Everything else is the wrapped transport's.
     """
 
-    __slots__ = ("_eof", "_held", "_loop", "_transport")
+    __slots__ = ("_eof", "_held", "_linger", "_loop", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        linger: Callable[[], bool] | None = None,
+    ) -> None:
         self._transport = transport
         self._loop = loop
         self._held: bytes | None = None
         self._eof = False
+        # Asked at close: True when the client may still be sending a body (the protocol then drops what
+        # arrives), so the close lingers instead of resetting the connection.
+        self._linger = linger
 
     def write(self, data: bytes) -> None:
         if self._eof or self._transport.is_closing():
@@ -106,6 +116,19 @@ class _HeadWithBodyTransport:
 
     def close(self) -> None:
         self._flush()
+        if self._linger is not None and not self._eof and not self._transport.is_closing() and self._linger():
+            # An answer given before the request's body was all read (a 413 for a body streaming past the
+            # limit) and the connection to close: closing with the client's bytes unread sends a reset,
+            # which can destroy the answer before the client reads it. A lingering close, as nginx's: end
+            # our side, drop what still comes for a moment, then close (at once when the client closes).
+            try:
+                self._transport.write_eof()
+            except (NotImplementedError, RuntimeError, OSError):
+                self._transport.close()
+                return
+            self._eof = True
+            self._loop.call_later(LINGER_S, self._transport.close)
+            return
         self._transport.close()
 
     def abort(self) -> None:
@@ -136,6 +159,8 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         self._head_unmeasured = False
         # A refusal (status, message) waiting for the answers to the requests before it.
         self._refusal: tuple[int, str] | None = None
+        # Closing after an answer while the request's body still arrives: what comes is dropped unread.
+        self._lingering = False
 
     def _enter(self, phase: str) -> None:
         self._phase = phase
@@ -164,7 +189,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # Every request cycle uvicorn makes from here on writes through this.
-        self.transport = _HeadWithBodyTransport(transport, self.loop)  # type: ignore[assignment]
+        self.transport = _HeadWithBodyTransport(transport, self.loop, self._start_lingering)  # type: ignore[assignment]
         self._enter("head")
 
     def on_message_begin(self) -> None:
@@ -191,7 +216,16 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = None
         super().on_message_complete()
 
+    def _start_lingering(self) -> bool:
+        """Asked by the transport when it is told to close: linger if a request body is still arriving."""
+        if self._phase == "body":
+            self._lingering = True
+            self._phase = None  # nothing more is read for the request: its read clock stops
+        return self._lingering
+
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # the answer is out and the connection closing: the rest of the body is dropped unread
         if self._refusal is not None:
             return  # the parser has failed; what follows is not read (the connection closes after the 400)
         # The first bytes after an answer start the clock for the next head (idle time before them
@@ -230,8 +264,6 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         self._refusal = (status, message)
         self._phase = None  # nothing more is read for a request: the read clock stops
         self.logger.info("refusing a request: %s", message)
-        if self.on_refused is not None:
-            self.on_refused(status)
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and cycle.more_body:
             # The request whose body is being read is the malformed one: its app sees a disconnect.
@@ -242,6 +274,10 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
                 # would land inside it. The connection is closed instead.
                 self.transport.close()
                 return
+            # It finds in its scope the answer the client gets instead (for its log and metrics).
+            cycle.scope[REFUSED] = status  # type: ignore[literal-required]  # ASGI scopes take extra keys
+        elif self.on_refused is not None:  # a request no app saw: only the hook can count it
+            self.on_refused(status)
         self.flow.pause_reading()
         self._send_refusal_when_due()
 

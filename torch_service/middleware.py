@@ -87,6 +87,8 @@ class ServingMiddleware:
             async def recording_send(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     status[0] = message["status"]
+                    if status[0] == 413:  # a body streaming past the limit: the rest of it is not read
+                        message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
                 await send(message)
 
             receive_body: Receive = counting_receive  # the cap counts compressed bytes, and decoding applies it again

@@ -203,3 +203,68 @@ def test_requests_refused_before_any_handler_are_counted() -> None:
     assert _metric(text, "other", "-", 404) == 1.0
     assert _metric(text, "compare", "-", 405) == 1.0
     assert _metric(text, "unparsed", "-", 400) == 1.0
+
+
+def test_a_chunked_body_past_the_limit_gets_its_413_and_the_connection_closes() -> None:
+    # Kept alive, uvicorn read and dropped whatever followed (a review streamed 11 GiB in 5 s); closed at
+    # once, the reset could destroy the 413 before the client read it. The close lingers instead.
+    settings = Settings(
+        port=free_port(),
+        torch_urls=[f"http://{unused_target()}"],
+        tf_grpc_targets=[unused_target()],
+        access_log=False,
+        log_level="warning",
+        max_body_bytes=1 << 20,
+        max_image_bytes=1 << 20,
+    )
+    chunk = b"%x\r\n" % 65536 + b"7" * 65536 + b"\r\n"
+    with served(settings) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"POST /v1/models/cnn:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        answer, sent, closed = b"", 0, False
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not closed:
+            try:
+                sock.sendall(chunk)
+                sent += len(chunk)
+            except OSError:  # the server has closed: what it sent is still to be read
+                break
+            sock.setblocking(False)
+            try:
+                data = sock.recv(65536)
+                closed = data == b""
+                answer += data
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+        sock.settimeout(5)
+        try:
+            while data := sock.recv(65536):
+                answer += data
+        except OSError:
+            pass
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower(), answer[:200]
+    assert sent < 256 << 20, f"the server read {sent >> 20} MiB past a 1 MiB limit"
+    assert _metric(metrics, "predict", "-", 413) == 1.0
+
+
+def test_a_malformed_body_is_counted_once_as_the_400_its_client_got() -> None:
+    settings = Settings(
+        port=free_port(),
+        torch_urls=[f"http://{unused_target()}"],
+        tf_grpc_targets=[unused_target()],
+        access_log=False,
+        log_level="warning",
+    )
+    with served(settings) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"POST /v1/models/cnn:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\nzz\r\n"  # a bad chunk size, after the app began reading the body
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+        time.sleep(0.3)
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert _metric(metrics, "predict", "-", 400) == 1.0
+    assert _metric(metrics, "predict", "-", 499) == 0.0  # was: the app saw a disconnect and logged a 499
+    assert _metric(metrics, "unparsed", "-", 400) == 0.0  # and the protocol counted it a second time
