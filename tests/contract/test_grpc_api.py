@@ -188,6 +188,11 @@ def test_classify_and_regress_refuse_the_predict_signature(channel: grpc.Channel
     with pytest.raises(grpc.RpcError) as err:
         getattr(stub, method)(req, timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+    req.model_spec.name = "cnn"
+    req.model_spec.version.value = 987654
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, method)(req, timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
 
 
 def test_float_vals_are_read_as_tensorflow_reads_them(channel: grpc.Channel, golden_of: dict[str, np.ndarray]) -> None:

@@ -157,6 +157,8 @@ def test_classify_and_regress_refuse_the_predict_signature(backend: Backend, ver
     body = {"examples": [{"x": 0.5}]}
     _assert_error(requests.post(f"{backend.rest_url}/v1/models/cnn:{verb}", json=body, timeout=TIMEOUT), 400)
     _assert_error(requests.post(f"{backend.rest_url}/v1/models/no_such_model:{verb}", json=body, timeout=TIMEOUT), 404)
+    url = f"{backend.rest_url}/v1/models/cnn/versions/987654:{verb}"
+    _assert_error(requests.post(url, json=body, timeout=TIMEOUT), 404)
 
 
 @pytest.mark.parametrize(

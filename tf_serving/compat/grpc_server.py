@@ -222,7 +222,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             spec = request.model_spec
             version = _model_version(spec)
-            self.registry.manager(spec.name, version=version)
+            with self.registry.acquire(spec.name, version):  # NOT_FOUND for an unknown model or version
+                pass
             sig = spec.signature_name or contract.SIGNATURE_NAME
             if sig != contract.SIGNATURE_NAME:
                 raise InvalidArgument(f"No signature was found with the name: {sig}")

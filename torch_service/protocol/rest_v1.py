@@ -94,9 +94,9 @@ async def v1_post(request: Request) -> Response:
     if mp.label is not None:
         raise InvalidArgument(f"Unrecognized servable version label: {mp.label}")
     rt.check_name(mp.name, mp.version)
+    rt.manager.resolve(mp.version)  # unknown version: 404 before the body is even parsed, as TF Serving does
     if mp.verb != "predict":
         raise InvalidArgument(unsupported_method(mp.verb))  # as TF Serving answers it for this signature
-    rt.manager.resolve(mp.version)  # unknown version: 404 before the body is even parsed, as TF Serving does
     body = await request.body()
     req = await parse(body, parse_predict_body, max_batch_size=rt.sched.request_limit, value_range=contract.INPUT_RANGE)
     _, outputs = await rt.predict(mp.version, req.images)
