@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import ipaddress
 import socket
 import urllib.error
@@ -281,7 +282,7 @@ def _answers_http(url: str, timeout: float = TIMEOUT_S) -> bool:
             return True
     except urllib.error.HTTPError:
         return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):  # HTTPException: an answer that is no HTTP
         return False
 
 
@@ -394,7 +395,7 @@ def _is_tf_status(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as resp:
             return "model_version_status" in orjson.loads(resp.read())
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, http.client.HTTPException):
         return False
 
 

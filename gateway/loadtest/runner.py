@@ -5,6 +5,7 @@ server metrics and resource use around every step, then the statistics that go i
 from __future__ import annotations
 
 import contextlib
+import http.client
 import subprocess
 import threading
 import time
@@ -111,7 +112,7 @@ def _status(url: str) -> tuple[list[Any], list[Any]] | None:
             [_version(s.get("version")) for s in states if s.get("state") == "AVAILABLE"],
             [_version(s.get("version")) for s in states],
         )
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, http.client.HTTPException):  # refused, or no HTTP at all
         return None
 
 

@@ -294,3 +294,33 @@ def test_a_remote_gateways_loopback_backends_are_not_this_machines(fake_server):
     local = Endpoints(gateway_url="http://127.0.0.1:8000")
     t, warnings = attribute(target, local, {"torch": Backend("rest", (here,), (1,))}, None)
     assert t.metrics_urls == (f"{here}/metrics",) and t.ports == (int(here.rsplit(":", 1)[1]),) and not warnings
+
+
+def test_a_server_that_answers_no_http_is_unattributable_not_a_crash() -> None:
+    # An HTTP/2-only or non-HTTP listener (a gRPC port given as a REST URL, say) answers bytes that
+    # http.client refuses with BadStatusLine, which is no OSError: the probes raised it out of the run.
+    import socket
+    import threading
+
+    from gateway.loadtest import discovery
+    from gateway.loadtest.runner import _status
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(4096)
+                    conn.sendall(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00garbage\r\n\r\n")  # an HTTP/2 SETTINGS frame
+
+        threading.Thread(target=serve, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/models/cnn"
+        assert discovery._answers_http(url) is False
+        assert discovery._is_tf_status(url) is False
+        assert _status(url) is None
