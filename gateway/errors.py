@@ -32,6 +32,7 @@ class GatewayError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.replica: str | None = None  # the upstream replica that failed, where one did (for the access log)
         if status is not None:
             self.status = status  # type: ignore[misc]
 

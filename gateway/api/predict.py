@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.api.deps import check_model, gateway, log_info, parse_body
-from gateway.errors import BadGateway
+from gateway.errors import BadGateway, GatewayError
 from gateway.service import Gateway, backend_choice
 from serving_core.openapi import errors, json_body, predict_example, ref
 
@@ -47,7 +47,11 @@ async def serve_predict(
     req = await parse_body(body, gw.settings.max_batch_size)
     # A JSON-wire REST upstream gets the client's own bytes (already validated); the binary wire and
     # gRPC get the parsed tensor.
-    result = await pool.predict(model, version, req, body if pool.transport.wire == "json" else None)
+    try:
+        result = await pool.predict(model, version, req, body if pool.transport.wire == "json" else None)
+    except GatewayError as exc:
+        info["replica"] = exc.replica  # which replica timed out or failed, for the access log
+        raise
     info["replica"] = result.replica
     gw.metrics.observe_upstream(pool.name, result.latency_ms / 1000.0)
     headers = {

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from gateway.errors import BadGateway, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import BadGateway, GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstreams.balancer import Balancer, Replica
 from gateway.validation import PredictRequest, RequestFormat
 from serving_core.errors import ServingError
@@ -138,12 +138,15 @@ class BackendPool:
                 replica.record_failure(str(exc), self.eject_cooldown_s)
                 self._on_error(self.name, replica.address, "unavailable")
                 continue
-            except UpstreamTimeout:
+            except UpstreamTimeout as exc:
                 # A stuck replica is ejected too, but the call is not repeated: it already used its budget.
                 replica.record_failure("timeout", self.eject_cooldown_s)
                 self._on_error(self.name, replica.address, "timeout")
+                exc.replica = replica.address
                 raise
             except Exception as exc:
+                if isinstance(exc, GatewayError):
+                    exc.replica = replica.address
                 # A 4xx passed through is the client's mistake (an unknown version, a bad signature), not the
                 # backend's: counted as an answered call, not in gateway_upstream_errors_total.
                 if isinstance(exc, UpstreamError) and exc.status < 500:

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.gateway.conftest import Procs, gateway, load_with_kill, standin
+from tests.gateway.conftest import Procs, gateway, load_with_kill, standin, unused_target
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +87,21 @@ def test_upstream_errors_pass_through(stack: dict[str, str], backend: str) -> No
         assert r.status_code == 404 and "Servable not found" in r.json()["error"]
         r = c.post(f"/v1/models/cnn:predict?backend={backend}", content=body([1], control=0.75))
         assert r.status_code == 504 and "timed out" in r.json()["error"]
+
+
+def test_the_access_log_names_the_replica_that_timed_out(procs: Procs) -> None:
+    _, torch_a, _ = standin(procs, "torch-a")
+    gw, url = gateway(procs, torch_urls=torch_a, tf_grpc_targets=unused_target(), timeout_s="0.8", access_log="true")
+    r = httpx.post(f"{url}/v1/models/cnn:predict", content=body([1], control=0.75), timeout=10)
+    assert r.status_code == 504
+    deadline = time.monotonic() + 5  # lines are written in batches, within 0.25 s
+    while True:
+        lines = [orjson.loads(line) for line in gw.log_path.read_text().splitlines() if line.startswith("{")]
+        timed_out = [line for line in lines if line.get("status") == 504]
+        if timed_out or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [(line["backend"], line["replica"]) for line in timed_out] == [("torch", torch_a)]
 
 
 def test_least_outstanding_uses_both_replicas(stack: dict[str, str]) -> None:
