@@ -91,6 +91,18 @@ def gateway_before(reply: bytes, delay_s: float = 0.0) -> Iterator[str]:
             raw.shutdown()
 
 
+def settings_without_backends(**overrides: object) -> Settings:
+    """A gateway's settings whose backends listen nowhere: for what it answers before any upstream call."""
+    base: dict[str, object] = {
+        "port": free_port(),
+        "torch_urls": [f"http://{unused_target()}"],
+        "tf_grpc_targets": [unused_target()],
+        "access_log": False,
+        "log_level": "warning",
+    }
+    return Settings(**(base | overrides))  # type: ignore[arg-type]
+
+
 def uvicorn_server(settings: Settings) -> object:
     import uvicorn
 
@@ -173,15 +185,7 @@ def test_a_client_that_leaves_while_the_backend_works_is_a_499_not_a_200() -> No
 
 
 def test_requests_refused_before_any_handler_are_counted() -> None:
-    settings = Settings(
-        port=free_port(),
-        torch_urls=[f"http://{unused_target()}"],
-        tf_grpc_targets=[unused_target()],
-        access_log=False,
-        log_level="warning",
-        max_body_bytes=4096,
-        max_image_bytes=4096,
-    )
+    settings = settings_without_backends(max_body_bytes=4096, max_image_bytes=4096)
     with served(settings) as url:
         port = int(url.rsplit(":", 1)[1])
         # Over the body cap, by Content-Length: 413, and the connection is closed rather than drained.
@@ -208,15 +212,7 @@ def test_requests_refused_before_any_handler_are_counted() -> None:
 def test_a_chunked_body_past_the_limit_gets_its_413_and_the_connection_closes() -> None:
     # Kept alive, uvicorn read and dropped whatever followed (a review streamed 11 GiB in 5 s); closed at
     # once, the reset could destroy the 413 before the client read it. The close lingers instead.
-    settings = Settings(
-        port=free_port(),
-        torch_urls=[f"http://{unused_target()}"],
-        tf_grpc_targets=[unused_target()],
-        access_log=False,
-        log_level="warning",
-        max_body_bytes=1 << 20,
-        max_image_bytes=1 << 20,
-    )
+    settings = settings_without_backends(max_body_bytes=1 << 20, max_image_bytes=1 << 20)
     chunk = b"%x\r\n" % 65536 + b"7" * 65536 + b"\r\n"
     with served(settings) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
         sock.sendall(b"POST /v1/models/cnn:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -249,13 +245,7 @@ def test_a_chunked_body_past_the_limit_gets_its_413_and_the_connection_closes() 
 
 
 def test_a_malformed_body_is_counted_once_as_the_400_its_client_got() -> None:
-    settings = Settings(
-        port=free_port(),
-        torch_urls=[f"http://{unused_target()}"],
-        tf_grpc_targets=[unused_target()],
-        access_log=False,
-        log_level="warning",
-    )
+    settings = settings_without_backends()
     with served(settings) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
         sock.settimeout(10)
         sock.sendall(
