@@ -60,12 +60,16 @@ def tensor_to_numpy(tensor: Any, max_values: int | None = None) -> np.ndarray:
         if len(content) != size * np.dtype(dtype).itemsize:
             raise UpstreamError(f"output tensor has {len(content)} bytes of content for shape {shape}", status=502)
         return np.frombuffer(content, dtype=dtype).reshape(shape)
-    values = np.asarray(getattr(tensor, _VALUE_FIELD[tensor.dtype]), dtype=dtype)
-    if values.size == size:
-        return values.reshape(shape)
-    if values.size == 1:  # TF's compact form: one value repeated over the whole shape
-        return np.full(shape, values[0], dtype=dtype)
-    raise UpstreamError(f"output tensor has {values.size} values for shape {shape}", status=502)
+    # np.fromiter with a count, not np.asarray: asarray probes the repeated-field container for the
+    # array and buffer interfaces before iterating it, and measured in the gateway under wrk
+    # (perf_counter_ns around the decode, 2-vCPU VM) the two outputs took ~12 us less this way.
+    field = getattr(tensor, _VALUE_FIELD[tensor.dtype])
+    count = len(field)
+    if count == size:
+        return np.fromiter(field, dtype, count).reshape(shape)
+    if count == 1:  # TF's compact form: one value repeated over the whole shape
+        return np.full(shape, field[0], dtype=dtype)
+    raise UpstreamError(f"output tensor has {count} values for shape {shape}", status=502)
 
 
 class GrpcTransport:
