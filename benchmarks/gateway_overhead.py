@@ -24,7 +24,8 @@ CPU per request where ours needs ~100 us, which on a 2-core machine at concurren
 (and their caches) with the three servers under test. With wrk each round is one wrk run per path;
 the overhead is the median over rounds of (through p50 - direct p50), both runs of a pair from the
 same round (a few wrk runs apart at most).
-wrk speaks HTTP only, so the direct-gRPC case is left out there.
+wrk speaks HTTP/1.1 only, so there the direct-gRPC baseline is h2load's (benchmarks/h2loadrun.py, another
+C client; `apt-get install -y nghttp2-client`), and left out where h2load is not installed.
 
 With --callback-front it also starts benchmarks/callback_front.py, the torch predict path in bare
 uvloop callbacks (an experiment: what the serving machinery costs), as one more way through to torch;
@@ -64,7 +65,8 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import wrkrun  # noqa: E402  (benchmarks/ itself is on sys.path when this file runs)
+import h2loadrun  # noqa: E402  (benchmarks/ itself is on sys.path when this file runs)
+import wrkrun  # noqa: E402
 
 from devstack.ensure_model import complete_versions, ensure_model  # noqa: E402
 from devstack.process import ManagedProcess, free_port, pythonpath, stop_started_on_sigterm  # noqa: E402
@@ -245,16 +247,22 @@ def http_call(pool: Http1Pool, path: str, body: bytes) -> Call:
     return call
 
 
+def grpc_message(batch: np.ndarray) -> bytes:
+    """The PredictRequest the gateway's gRPC upstream sends for `batch` (what both direct-gRPC clients send)."""
+    from gateway.upstreams.grpc import GrpcTransport
+
+    return GrpcTransport(timeout_s=30.0, health_timeout_s=5.0).build_request("cnn", None, batch).SerializeToString()
+
+
 def grpc_call(target: str, batch: np.ndarray) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """One Predict through the gateway's own HTTP/2 gRPC client (h2grpc), the message built and the answer
     decoded as its gRPC upstream does them; and a closer. The leanest gRPC client here, so the direct
     path carries no more client cost than the gateway's own call (grpc.aio costs 0.35-0.58 ms of client
     CPU per call on the 2-vCPU VM, which made this baseline slower and the gateway look cheaper)."""
     from gateway.upstreams import h2grpc
-    from gateway.upstreams.grpc import GrpcTransport
     from gateway.upstreams.tfs_protos import PredictResponse
 
-    message = GrpcTransport(timeout_s=30.0, health_timeout_s=5.0).build_request("cnn", None, batch).SerializeToString()
+    message = grpc_message(batch)
     channel = h2grpc.H2Channel(target, connect_timeout_s=5.0)
     block = h2grpc.header_block(target, "/tensorflow.serving.PredictionService/Predict", 30.0)
 
@@ -314,10 +322,15 @@ async def measure(
     targets = {name: f"{url}{predict}" for name, url in urls.items() if url.startswith("http")}
     calls: dict[str, Call] = {name: http_call(pool, predict, body) for name, pool in pools.items()}
     closers = []
-    if "tf_grpc" in urls and args.client == "python":
-        images = orjson.loads(body)["instances"]
-        calls["tf_grpc"], close = grpc_call(urls["tf_grpc"], np.asarray(images, dtype=np.float32))
+    grpc_direct: GrpcDirect | None = None
+    if "tf_grpc" in urls and (args.client == "python" or h2loadrun.available()):
+        # wrk speaks HTTP/1.1 only: with --client wrk the direct-gRPC baseline is h2load's (when installed),
+        # a C client too. This script's own gRPC call still warms the path up and checks the answer.
+        images = np.asarray(orjson.loads(body)["instances"], dtype=np.float32)
+        calls["tf_grpc"], close = grpc_call(urls["tf_grpc"], images)
         closers.append(close)
+        targets["tf_grpc"] = f"http://{urls['tf_grpc']}/tensorflow.serving.PredictionService/Predict"
+        grpc_direct = GrpcDirect(grpc_message(images), urls.get("tf"))
     for name, backend in (
         ("gateway", "torch"),
         ("gateway_json", "torch"),
@@ -367,7 +380,12 @@ async def measure(
             fronts = {b: (cases[b][1], gw_procs.get(cases[b][2])) for b in names}
             if args.client == "wrk":
                 group = measure_wrk(
-                    targets[direct], {b: (targets[t], proc) for b, (t, proc) in fronts.items()}, body, concurrency, args
+                    targets[direct],
+                    {b: (targets[t], proc) for b, (t, proc) in fronts.items()},
+                    body,
+                    concurrency,
+                    args,
+                    grpc=grpc_direct if direct == "tf_grpc" else None,
                 )
             else:
                 group = await measure_python(
@@ -424,15 +442,40 @@ async def measure_python(
     return out
 
 
+class GrpcDirect:
+    """The direct-gRPC baseline under --client wrk: h2load posting the gateway's own PredictRequest. h2load
+    does not read gRPC trailers, so the server's count of failed calls (TF Serving's
+    `:tensorflow:serving:request_count` with a status other than OK, from its REST port) is checked too."""
+
+    def __init__(self, message: bytes, rest_url: str | None) -> None:
+        self.message = message
+        self.metrics_url = f"{rest_url}/monitoring/prometheus/metrics" if rest_url else None
+
+    def failed_calls(self) -> float:
+        assert self.metrics_url is not None
+        text = httpx.get(self.metrics_url, timeout=10).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(":tensorflow:serving:request_count{") and 'status="OK"' not in line
+        )
+
+    def run(self, url: str, concurrency: int, duration_s: float) -> wrkrun.WrkResult:
+        failures = self.failed_calls if self.metrics_url else None
+        return h2loadrun.run(url, self.message, concurrency=concurrency, duration_s=duration_s, failures=failures)
+
+
 def measure_wrk(
     direct_url: str,
     fronts: dict[str, tuple[str, psutil.Process | None]],
     body: bytes,
     concurrency: int,
     args: argparse.Namespace,
+    grpc: GrpcDirect | None = None,
 ) -> dict[str, dict[str, object]]:
     """wrk as the client: one run per path per round; medians over rounds of each figure and of the
-    paired differences (each front's run and the direct run of its round, a few runs apart at most)."""
+    paired differences (each front's run and the direct run of its round, a few runs apart at most).
+    With `grpc`, the direct path is a gRPC API, measured with h2load."""
     names = list(fronts)
     runs: dict[str, list[wrkrun.WrkResult]] = {"direct": [], **{b: [] for b in names}}
     cpu = dict.fromkeys(names, 0.0)
@@ -441,9 +484,13 @@ def measure_wrk(
             proc = None if which == "direct" else fronts[which][1]
             before = cpu_s(proc)
             url = direct_url if which == "direct" else fronts[which][0]
-            res = wrkrun.run(url, body, concurrency=concurrency, duration_s=args.wrk_duration)
+            if which == "direct" and grpc is not None:
+                res = grpc.run(url, concurrency, args.wrk_duration)
+            else:
+                res = wrkrun.run(url, body, concurrency=concurrency, duration_s=args.wrk_duration)
             if res.failed or not res.requests:
-                raise RuntimeError(f"wrk against {which}: {res.requests} requests, errors {res.errors}")
+                tool = "h2load" if which == "direct" and grpc is not None else "wrk"
+                raise RuntimeError(f"{tool} against {which}: {res.requests} requests, errors {res.errors}")
             runs[which].append(res)
             if which != "direct":
                 cpu[which] += cpu_s(proc) - before
