@@ -10,6 +10,7 @@ a grpc.aio channel (GATEWAY_TF_GRPC_CLIENT=grpcio). Both map failures the same w
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Literal
@@ -148,18 +149,15 @@ class GrpcTransport:
         return table[target]
 
     def build_request(self, model: str, version: str | None, batch: np.ndarray) -> Any:
-        req = PredictRequestProto()
-        req.model_spec.name = model
-        req.model_spec.signature_name = SIGNATURE_NAME
-        if version:
-            req.model_spec.version.value = int(version)
-        tensor = req.inputs[INPUT_NAME]
-        tensor.dtype = _DT_FLOAT
-        dims = tensor.tensor_shape.dim
-        for size in batch.shape:
-            dims.add().size = size
-        tensor.tensor_content = np.ascontiguousarray(batch, dtype=np.float32).tobytes()
-        return req
+        return _build_request(model, version, batch)
+
+    def request_bytes(self, model: str, version: str | None, batch: np.ndarray) -> bytes:
+        """`build_request(...).SerializeToString()`, byte for byte, without building the message per call."""
+        content = np.ascontiguousarray(batch, dtype=np.float32).tobytes()
+        head = _request_head(model, version, batch.shape)
+        if head is None:
+            return _build_request(model, version, batch).SerializeToString()
+        return head + content
 
     async def _h2_call(
         self, replica: Replica, method: Literal["predict", "status"], message: bytes, timeout: float
@@ -186,9 +184,9 @@ class GrpcTransport:
     async def predict(
         self, replica: Replica, model: str, version: str | None, inp: PredictRequest, raw_body: bytes | None
     ) -> PredictResult:
-        request = self.build_request(model, version, inp.images)
         if self.client == "h2":
-            answer = await self._h2_call(replica, "predict", request.SerializeToString(), self._timeout)
+            message = self.request_bytes(model, version, inp.images)
+            answer = await self._h2_call(replica, "predict", message, self._timeout)
             try:
                 resp = PredictResponse.FromString(answer)
             except Exception as exc:  # protobuf's DecodeError, and anything else a broken answer raises
@@ -196,7 +194,7 @@ class GrpcTransport:
         else:
             call = self._stub(self._predict, replica.address)
             try:
-                resp = await call(request, timeout=self._timeout)
+                resp = await call(self.build_request(model, version, inp.images), timeout=self._timeout)
             except grpc.aio.AioRpcError as exc:
                 raise _map_rpc_error(exc, replica) from None
             if resp is None:  # grpc.aio's answer when the response deserializer failed
@@ -234,6 +232,43 @@ class GrpcTransport:
                 raise RuntimeError(f"{exc.code().name}: {exc.details()}") from None
         versions = [s.version for s in resp.model_version_status if s.state == _AVAILABLE]
         return max(versions) if versions else None
+
+
+def _build_request(model: str, version: str | None, batch: np.ndarray, content: bytes | None = None) -> Any:
+    req = PredictRequestProto()
+    req.model_spec.name = model
+    req.model_spec.signature_name = SIGNATURE_NAME
+    if version:
+        req.model_spec.version.value = int(version)
+    tensor = req.inputs[INPUT_NAME]
+    tensor.dtype = _DT_FLOAT
+    dims = tensor.tensor_shape.dim
+    for size in batch.shape:
+        dims.add().size = size
+    tensor.tensor_content = np.ascontiguousarray(batch, dtype=np.float32).tobytes() if content is None else content
+    return req
+
+
+@functools.lru_cache(maxsize=256)
+def _request_head(model: str, version: str | None, shape: tuple[int, ...]) -> bytes | None:
+    """The serialized PredictRequest for (model, version, shape) up to its tensor's bytes, or None.
+
+    Everything in the message but `tensor_content` depends only on these three (the content's length is
+    4 bytes per value, so the enclosing lengths are fixed too), and protobuf writes fields in number
+    order, which puts the content last: request = head + content. Building and serializing the message
+    per call cost the gateway ~12 us under load (perf_counter_ns in the running gateway, 2-vCPU VM);
+    this is one concatenation. Checked here once per key against a real serialization with two
+    different contents: where that order does not hold, None, and requests are built the usual way."""
+    n = math.prod(shape) * 4
+    probes = (bytes(n), b"\x01" * n)
+    empty = np.zeros(shape, np.float32)
+    heads = set()
+    for content in probes:
+        whole = _build_request(model, version, empty, content).SerializeToString()
+        if not whole.endswith(content):
+            return None
+        heads.add(whole[: len(whole) - n])
+    return heads.pop() if len(heads) == 1 else None
 
 
 def _map_rpc_error(exc: grpc.aio.AioRpcError, replica: Replica) -> Exception:

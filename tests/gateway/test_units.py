@@ -108,6 +108,34 @@ def test_tensor_decoding_both_encodings_and_request_building() -> None:
     np.testing.assert_array_equal(tf.make_ndarray(sent), batch)
 
 
+@pytest.mark.parametrize("version", [None, "2", "9223372036854775807"])
+@pytest.mark.parametrize("n", [1, 3, 1024])
+def test_request_bytes_are_the_built_message(version: str | None, n: int) -> None:
+    """The h2 client sends a cached head plus the tensor's bytes: the same bytes protobuf writes for the
+    built message, which TF Serving's own PredictRequest reads back as the batch."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from gateway.upstreams.grpc import GrpcTransport
+
+    t = GrpcTransport(timeout_s=1, health_timeout_s=1)
+    rng = np.random.default_rng(n)
+    for _ in range(2):  # the second call of a shape reuses the cached head with other values
+        batch = rng.random((n, 28, 28, 1), dtype=np.float32)
+        wire = t.request_bytes("cnn", version, batch)
+        assert wire == t.build_request("cnn", version, batch).SerializeToString()
+        real = predict_pb2.PredictRequest.FromString(wire)
+        assert real.model_spec.name == "cnn" and real.model_spec.signature_name == "serving_default"
+        assert real.model_spec.HasField("version") == (version is not None)
+        if version is not None:
+            assert real.model_spec.version.value == int(version)
+        tensor = real.inputs["images"]
+        assert [d.size for d in tensor.tensor_shape.dim] == [n, 28, 28, 1]
+        np.testing.assert_array_equal(np.frombuffer(tensor.tensor_content, np.float32).reshape(batch.shape), batch)
+    # Another model name gets its own head, not the cached one.
+    other = t.request_bytes("other_model", version, batch)
+    assert predict_pb2.PredictRequest.FromString(other).model_spec.name == "other_model"
+
+
 IMG = np.zeros((28, 28, 1)).tolist()
 
 
