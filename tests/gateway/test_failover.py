@@ -141,7 +141,17 @@ def test_tf_frozen_torch_keeps_its_latency_and_tf_recovers(stack: dict, golden: 
 
 
 def test_torch_frozen_tf_keeps_its_latency_and_torch_recovers(stack: dict, golden: dict) -> None:
-    # torch_b was killed above: torch_a is the whole torch backend now.
+    # torch_a must be the whole torch backend, or the frozen calls move to torch_b and succeed. A test above
+    # kills torch_b; when this one runs on its own (pytest -k), it does so here.
+    if stack["torch_b"].alive:
+        stack["torch_b"].kill()
+        deadline = time.monotonic() + 20
+        while True:
+            doc = httpx.get(f"{stack['gw']}/v1/backends").json()
+            if not {r["address"]: r for r in doc["backends"]["torch"]["replicas"]}[stack["url_b"]]["in_rotation"]:
+                break
+            assert time.monotonic() < deadline, doc
+            time.sleep(0.2)
     _freeze_under_traffic(stack["gw"], stack["torch_a"], "torch", "tf", golden)
 
 
