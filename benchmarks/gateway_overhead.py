@@ -4,9 +4,11 @@ Starts torch_service, the TF-Serving-compatible server (REST + gRPC), three gate
 torch over the binary wire, TF over gRPC with the h2 client; TF over gRPC with grpcio's client; and
 "gateway_json", which forwards JSON bodies to both: torch with GATEWAY_TORCH_WIRE=json, TF over
 REST) and a plain TCP relay on free loopback ports, warms every path up,
-then for each case and concurrency sends the same request alternately in rounds straight to the
-backend and through the front (same body, interleaved in time) and prints p50/p99 of both and their
-difference, plus the gateway's CPU time per request.
+then for each backend and concurrency sends the same request in rounds straight to the backend (over
+REST, and for TF over gRPC too) and through every front (same body; each round runs every path once,
+in a rotating order) and prints, per case, p50/p99 of the direct and the front's path and their
+difference, plus the gateway's CPU time per request. Both TF baselines come from the same rounds as
+the gateway paths they are compared with.
 
 Cases: torch via REST (binary wire, and JSON wire); tf via the gateway's gRPC upstream compared with
 a client calling TF's REST API directly and with one calling its gRPC API directly (with the gateway's
@@ -52,6 +54,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -364,38 +367,42 @@ async def measure(
     }
     cases = {k: v for k, v in cases.items() if v[0] in calls and v[1] in calls}
     gw_procs = {name: psutil.Process(pid) for name, pid in gw_pids.items()}
-    # Cases that share a direct path are measured in the same rounds: each round runs the direct path and
-    # then every front in turn (the order rotating from round to round), so two ways through (binary and
-    # JSON wire, gRPC and REST upstream, the relay) are compared under the same machine state, not minutes
-    # apart on a shared, noisy host.
+    # The cases of one backend are measured in the same rounds: each round runs every path they use once
+    # (the direct paths, REST and gRPC for TF, and every way through), in an order that rotates from round
+    # to round, so two ways through (binary and JSON wire, gRPC and REST upstream, the relay) and two
+    # baselines of one way through are compared under the same machine state, not minutes apart on a
+    # shared, noisy host.
     groups: dict[str, list[str]] = {}
-    for backend, (direct, _, _) in cases.items():
-        groups.setdefault(direct, []).append(backend)
+    for case, (direct, _, _) in cases.items():
+        groups.setdefault("tf" if direct == "tf_grpc" else direct, []).append(case)
     rows = []
     for direct, through, _ in cases.values():  # warm-up: connections, graph caches, batching threads
         for name in (direct, through):
             await run_path(calls[name], args.warmup, 4)  # every answer checked here, whichever client follows
     for concurrency in args.concurrency:
-        for direct, names in groups.items():
-            fronts = {b: (cases[b][1], gw_procs.get(cases[b][2])) for b in names}
+        for names in groups.values():
+            paths = list(dict.fromkeys(p for case in names for p in cases[case][:2]))
+            procs = {cases[case][1]: gw_procs.get(cases[case][2]) for case in names}
             if args.client == "wrk":
-                group = measure_wrk(
-                    targets[direct],
-                    {b: (targets[t], proc) for b, (t, proc) in fronts.items()},
-                    body,
-                    concurrency,
-                    args,
-                    grpc=grpc_direct if direct == "tf_grpc" else None,
-                )
+
+                def runner(path: str, c: int = concurrency) -> Run:
+                    if path == "tf_grpc" and grpc_direct is not None:
+                        return grpc_direct.run(targets[path], c, args.wrk_duration)
+                    return wrkrun.run(targets[path], body, concurrency=c, duration_s=args.wrk_duration)
+
+                group = await measure_rounds(paths, procs, runner, args.rounds)
             else:
-                group = await measure_python(
-                    calls[direct], {b: (calls[t], proc) for b, (t, proc) in fronts.items()}, concurrency, args
-                )
-            for backend in names:
-                row = {"backend": backend, "concurrency": concurrency, **group[backend]}
+
+                def runner(path: str, c: int = concurrency) -> Run:
+                    return run_path(calls[path], max(c, args.requests // args.rounds), c)
+
+                group = await measure_rounds(paths, procs, runner, args.rounds)
+            for case in names:
+                direct, through, _ = cases[case]
+                row = {"backend": case, "concurrency": concurrency, **overhead(group, direct, through)}
                 rows.append(row)
                 print(
-                    f"{backend:28s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
+                    f"{case:28s} c={concurrency:<3d} n={row['n']:<6d} direct p50 {row['direct_p50']:7.3f} "
                     f"p99 {row['direct_p99']:7.3f} | gateway p50 {row['gateway_p50']:7.3f} "
                     f"p99 {row['gateway_p99']:7.3f} | overhead p50 {row['overhead_p50']:+7.3f} "
                     f"p99 {row['overhead_p99']:+7.3f} ms | gateway CPU {row['gateway_cpu_ms']:.3f} ms/request",
@@ -408,38 +415,73 @@ async def measure(
     return rows
 
 
-def _rotation(names: list[str], r: int) -> list[str]:
-    """Every front, starting from a different one each round, with the direct path first in even
-    rounds and last in odd ones, so no path always runs in the same place."""
-    k = (r // 2) % len(names)  # not r: with an even number of fronts the same one would always sit next to direct
-    fronts = [*names[k:], *names[:k]]
-    return ["direct", *fronts] if r % 2 == 0 else [*fronts, "direct"]
+# One measured run of a path: latencies (ms) from this script's client, or a wrk / h2load result (its
+# percentiles); an awaitable for the former.
+Run = Any
 
 
-async def measure_python(
-    direct: Call, fronts: dict[str, tuple[Call, psutil.Process | None]], concurrency: int, args: argparse.Namespace
-) -> dict[str, dict[str, object]]:
-    """This script's client: all latencies of every round pooled, then percentiles of each path."""
-    names = list(fronts)
-    lat: dict[str, list[float]] = {"direct": [], **{b: [] for b in names}}
-    cpu = dict.fromkeys(names, 0.0)
-    per_round = max(concurrency, args.requests // args.rounds)
-    for r in range(args.rounds):
-        for which in _rotation(names, r):
-            proc = None if which == "direct" else fronts[which][1]
+def _rotation(paths: list[str], r: int) -> list[str]:
+    """Every path once, starting from a different one every other round and in reverse order in odd
+    rounds, so no path always runs in the same place or next to the same neighbour."""
+    k = (r // 2) % len(paths)
+    order = [*paths[k:], *paths[:k]]
+    return order if r % 2 == 0 else order[::-1]
+
+
+@dataclass
+class Rounds:
+    """Each path's runs, one per round, and the CPU time of the process behind each way through."""
+
+    runs: dict[str, list[Any]]
+    cpu_s: dict[str, float]
+    requests: dict[str, int]
+
+
+async def measure_rounds(
+    paths: list[str], procs: dict[str, psutil.Process | None], runner: Callable[[str], Run], rounds: int
+) -> Rounds:
+    runs: dict[str, list[Any]] = {p: [] for p in paths}
+    cpu = dict.fromkeys(paths, 0.0)
+    requests = dict.fromkeys(paths, 0)
+    for r in range(rounds):
+        for path in _rotation(paths, r):
+            proc = procs.get(path)
             before = cpu_s(proc)
-            lat[which] += await run_path(direct if which == "direct" else fronts[which][0], per_round, concurrency)
-            if which != "direct":
-                cpu[which] += cpu_s(proc) - before
-    out: dict[str, dict[str, object]] = {}
-    for b in names:
-        row: dict[str, object] = {"n": len(lat[b])}
-        for q in (50, 99):
-            d, g = pct(lat["direct"], q), pct(lat[b], q)
+            res = runner(path)
+            if asyncio.iscoroutine(res):
+                res = await res
+            # wrk or h2load: a run that failed is never quoted
+            if not isinstance(res, list) and (res.failed or not res.requests):
+                tool = "h2load" if path == "tf_grpc" else "wrk"
+                raise RuntimeError(f"{tool} against {path}: {res.requests} requests, errors {res.errors}")
+            runs[path].append(res)
+            requests[path] += len(res) if isinstance(res, list) else res.requests
+            if proc is not None:
+                cpu[path] += cpu_s(proc) - before
+    return Rounds(runs, cpu, requests)
+
+
+def overhead(group: Rounds, direct: str, through: str) -> dict[str, object]:
+    """This script's client: all latencies of every round pooled, then percentiles of each path, and their
+    difference. wrk / h2load: medians over rounds of each percentile and of the paired differences (the
+    two runs of a pair from the same round, a few runs apart at most)."""
+    row: dict[str, object] = {"n": group.requests[through]}
+    d_runs, g_runs = group.runs[direct], group.runs[through]
+    for q in (50, 99):
+        if isinstance(g_runs[0], list):
+            d, g = pct([x for run in d_runs for x in run], q), pct([x for run in g_runs for x in run], q)
             row |= {f"direct_p{q}": d, f"gateway_p{q}": g, f"overhead_p{q}": g - d}
-        row["gateway_cpu_ms"] = cpu[b] * 1000.0 / len(lat[b])
-        out[b] = row
-    return out
+        else:
+            ds = [getattr(x, f"p{q}_ms") for x in d_runs]
+            gs = [getattr(x, f"p{q}_ms") for x in g_runs]
+            row |= {
+                f"direct_p{q}": statistics.median(ds),
+                f"gateway_p{q}": statistics.median(gs),
+                f"overhead_p{q}": statistics.median(y - x for x, y in zip(ds, gs, strict=True)),
+            }
+    # With wrk the CPU counter also runs during its connect and teardown: a slight overestimate per request.
+    row["gateway_cpu_ms"] = group.cpu_s[through] * 1000.0 / group.requests[through]
+    return row
 
 
 class GrpcDirect:
@@ -463,53 +505,6 @@ class GrpcDirect:
     def run(self, url: str, concurrency: int, duration_s: float) -> wrkrun.WrkResult:
         failures = self.failed_calls if self.metrics_url else None
         return h2loadrun.run(url, self.message, concurrency=concurrency, duration_s=duration_s, failures=failures)
-
-
-def measure_wrk(
-    direct_url: str,
-    fronts: dict[str, tuple[str, psutil.Process | None]],
-    body: bytes,
-    concurrency: int,
-    args: argparse.Namespace,
-    grpc: GrpcDirect | None = None,
-) -> dict[str, dict[str, object]]:
-    """wrk as the client: one run per path per round; medians over rounds of each figure and of the
-    paired differences (each front's run and the direct run of its round, a few runs apart at most).
-    With `grpc`, the direct path is a gRPC API, measured with h2load."""
-    names = list(fronts)
-    runs: dict[str, list[wrkrun.WrkResult]] = {"direct": [], **{b: [] for b in names}}
-    cpu = dict.fromkeys(names, 0.0)
-    for r in range(args.rounds):
-        for which in _rotation(names, r):
-            proc = None if which == "direct" else fronts[which][1]
-            before = cpu_s(proc)
-            url = direct_url if which == "direct" else fronts[which][0]
-            if which == "direct" and grpc is not None:
-                res = grpc.run(url, concurrency, args.wrk_duration)
-            else:
-                res = wrkrun.run(url, body, concurrency=concurrency, duration_s=args.wrk_duration)
-            if res.failed or not res.requests:
-                tool = "h2load" if which == "direct" and grpc is not None else "wrk"
-                raise RuntimeError(f"{tool} against {which}: {res.requests} requests, errors {res.errors}")
-            runs[which].append(res)
-            if which != "direct":
-                cpu[which] += cpu_s(proc) - before
-    out: dict[str, dict[str, object]] = {}
-    for b in names:
-        requests = sum(x.requests for x in runs[b])
-        row: dict[str, object] = {"n": requests}
-        for q in (50, 99):
-            d = [getattr(x, f"p{q}_ms") for x in runs["direct"]]
-            g = [getattr(x, f"p{q}_ms") for x in runs[b]]
-            row |= {
-                f"direct_p{q}": statistics.median(d),
-                f"gateway_p{q}": statistics.median(g),
-                f"overhead_p{q}": statistics.median(y - x for x, y in zip(d, g, strict=True)),
-            }
-        # The CPU counter also runs during wrk's connect and teardown: a slight overestimate per request.
-        row["gateway_cpu_ms"] = cpu[b] * 1000.0 / requests
-        out[b] = row
-    return out
 
 
 def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
