@@ -1,7 +1,10 @@
 """Locust users sending the load tests' request bodies, for load beyond one machine.
 
 Same bodies as `python -m gateway.loadtest` (golden images, same seed, same pre-encoding), checked the
-same way (every answer's classes against the golden file's classes, when it has them). Distributed mode:
+same way: every answer's classes against the golden file's classes, when it has them and they are the
+predictions of the version that answered (the gateway's X-Model-Version header, else the highest
+AVAILABLE version of the host's TF Serving status API, asked once). Against another version's golden
+predictions a correct model disagrees now and then, which is no failure. Distributed mode:
 
     locust -f gateway/loadtest/locustfile.py --master --host http://127.0.0.1:8080
     locust -f gateway/loadtest/locustfile.py --worker --master-host <master>
@@ -14,12 +17,14 @@ from __future__ import annotations
 
 import itertools
 import os
+from typing import Any
 
 import orjson
 from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 
-from gateway.loadtest.data import build_bodies, load_images
+from gateway.loadtest.data import MODEL_NAME, build_bodies, load_images
+from gateway.loadtest.runner import _status
 from gateway.loadtest.targets import PREDICT_PATH
 
 # A gateway with GATEWAY_API_KEYS wants a bearer key on every predict.
@@ -27,15 +32,31 @@ _HEADERS = {"Content-Type": "application/json"} | (
     {"Authorization": f"Bearer {os.environ['LOADTEST_API_KEY']}"} if os.environ.get("LOADTEST_API_KEY") else {}
 )
 _BODIES = None
+_GOLDEN_VERSION: int | None = None
+_STATUS_VERSION: dict[str, Any] = {}  # host -> the version its status API says a plain predict gets
+
+
+def _status_version(host: str) -> Any:
+    """Highest AVAILABLE version from the host's TF Serving status API (torch_service and TF Serving
+    have one; a gateway does not, and names the version in X-Model-Version instead); None if unknown."""
+    if not host:
+        return None
+    if host not in _STATUS_VERSION:
+        st = _status(f"{host.rstrip('/')}/v1/models/{MODEL_NAME}")
+        available = [v for v in st[0] if isinstance(v, int)] if st else []
+        _STATUS_VERSION[host] = max(available) if available else None
+    return _STATUS_VERSION[host]
 
 
 @events.init.add_listener
 def _prepare(environment, **_kwargs):
     # Encoded once per process before any user starts: the hot loop only sends bytes.
-    global _BODIES
+    global _BODIES, _GOLDEN_VERSION
     seed = int(os.environ.get("LOADTEST_SEED", "42"))
     batch = int(os.environ.get("LOADTEST_BATCH_SIZE", "1"))
-    _BODIES = build_bodies(load_images(), batch, seed)
+    images = load_images()
+    _BODIES = build_bodies(images, batch, seed)
+    _GOLDEN_VERSION = images.model_version
 
 
 class PredictUser(FastHttpUser):
@@ -67,6 +88,9 @@ class PredictUser(FastHttpUser):
                 resp.failure("unexpected body")
                 return
             golden = _BODIES.expected_classes[idx] if _BODIES.expected_classes else None
+            served = resp.headers.get("x-model-version") or _status_version(self.host or "")
+            if golden is not None and (_GOLDEN_VERSION is None or str(served) != str(_GOLDEN_VERSION)):
+                golden = None  # another version's (or an unknown version's) predictions: not a check
             if len(classes) != len(_BODIES.expected_labels[idx]):
                 resp.failure("wrong number of predictions")
             elif golden is not None and classes != golden:
