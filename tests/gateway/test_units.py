@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from gateway.errors import grpc_status_to_http
+from gateway.errors import UpstreamError, grpc_status_to_http
 from gateway.settings import Settings, load_settings
 from gateway.validation import encode_predict_body, parse_predict
 from serving_core.errors import InvalidArgument
@@ -97,6 +97,23 @@ def test_tensor_decoding_both_encodings_and_request_building() -> None:
     t3 = tensor_pb2.TensorProto(dtype=1, float_val=[0.5])  # compact: one value for the whole shape
     t3.tensor_shape.dim.add().size = 4
     assert tensor_to_numpy(t3).tolist() == [0.5] * 4
+    # Every typed field the gateway reads, at its dtype's extremes.
+    for dtype, field, values, np_dtype in (
+        (2, "double_val", [1e-310, -1.5, 2.0**60], np.float64),
+        (3, "int_val", [-(2**31), 0, 2**31 - 1], np.int32),
+        (9, "int64_val", [-(2**63), 2**53 + 1, 2**63 - 1], np.int64),
+    ):
+        typed = tensor_pb2.TensorProto(dtype=dtype)
+        typed.tensor_shape.dim.add().size = 3
+        getattr(typed, field).extend(values)
+        got = tensor_to_numpy(typed)
+        assert got.dtype == np_dtype and got.tolist() == values
+    # Values that do not fill the shape (nor are one value for all of it) are the upstream's fault: 502.
+    short = tensor_pb2.TensorProto(dtype=1, float_val=[1.0, 2.0])
+    short.tensor_shape.dim.add().size = 3
+    with pytest.raises(UpstreamError, match="2 values for shape \\[3\\]") as info:
+        tensor_to_numpy(short)
+    assert info.value.status == 502
 
     batch = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
     req = GrpcTransport(timeout_s=1, health_timeout_s=1).build_request("cnn", "2", batch)
@@ -134,6 +151,25 @@ def test_request_bytes_are_the_built_message(version: str | None, n: int) -> Non
     # Another model name gets its own head, not the cached one.
     other = t.request_bytes("other_model", version, batch)
     assert predict_pb2.PredictRequest.FromString(other).model_spec.name == "other_model"
+    # Any array the parser may hand over (float64, strided, Fortran order) is sent as float32 values.
+    for odd in (batch.astype(np.float64), np.asfortranarray(batch), np.repeat(batch, 2, axis=0)[::2]):
+        assert t.request_bytes("cnn", version, odd) == t.build_request("cnn", version, odd).SerializeToString()
+    # A blank image (all zeros) is encoded right too, cached head or not.
+    blank = np.zeros((n, 28, 28, 1), np.float32)
+    assert t.request_bytes("cnn", version, blank) == t.build_request("cnn", version, blank).SerializeToString()
+
+
+def test_request_heads_are_one_per_version_number() -> None:
+    """ "01" and "1" name one version (the URL accepts both): they share a head rather than let a client
+    fill the cache with spellings of one number."""
+    from gateway.upstreams.grpc import GrpcTransport
+
+    t = GrpcTransport(timeout_s=1, health_timeout_s=1)
+    batch = np.random.default_rng(1).random((2, 28, 28, 1), dtype=np.float32)
+    for spelling in ("1", "01", "001", "1"):
+        assert t.request_bytes("cnn", spelling, batch) == t.build_request("cnn", spelling, batch).SerializeToString()
+    assert t.request_bytes("cnn", None, batch) == t.build_request("cnn", None, batch).SerializeToString()
+    assert len(t._heads) == 2  # version 1, and no version
 
 
 IMG = np.zeros((28, 28, 1)).tolist()
