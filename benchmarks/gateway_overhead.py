@@ -326,6 +326,9 @@ async def measure(
     calls: dict[str, Call] = {name: http_call(pool, predict, body) for name, pool in pools.items()}
     closers = []
     grpc_direct: GrpcDirect | None = None
+    if "tf_grpc" in urls and args.client == "wrk" and h2loadrun.available() and not urls.get("tf"):
+        print("# no direct-gRPC baseline: h2load's calls are checked through TF's metrics, so it needs --tf-url")
+        del urls["tf_grpc"]
     if "tf_grpc" in urls and (args.client == "python" or h2loadrun.available()):
         # wrk speaks HTTP/1.1 only: with --client wrk the direct-gRPC baseline is h2load's (when installed),
         # a C client too. This script's own gRPC call still warms the path up and checks the answer.
@@ -333,7 +336,7 @@ async def measure(
         calls["tf_grpc"], close = grpc_call(urls["tf_grpc"], images)
         closers.append(close)
         targets["tf_grpc"] = f"http://{urls['tf_grpc']}/tensorflow.serving.PredictionService/Predict"
-        grpc_direct = GrpcDirect(grpc_message(images), urls.get("tf"))
+        grpc_direct = GrpcDirect(grpc_message(images), urls["tf"]) if urls.get("tf") else None
     for name, backend in (
         ("gateway", "torch"),
         ("gateway_json", "torch"),
@@ -422,7 +425,7 @@ Run = Any
 
 def _rotation(paths: list[str], r: int) -> list[str]:
     """Every path once, starting from a different one every other round and in reverse order in odd
-    rounds, so no path always runs in the same place or next to the same neighbour."""
+    rounds, so no path always runs first or last (each keeps its neighbours: the order is a rotation)."""
     k = (r // 2) % len(paths)
     order = [*paths[k:], *paths[:k]]
     return order if r % 2 == 0 else order[::-1]
@@ -441,7 +444,8 @@ async def measure_rounds(
     paths: list[str], procs: dict[str, psutil.Process | None], runner: Callable[[str], Run], rounds: int
 ) -> Rounds:
     runs: dict[str, list[Any]] = {p: [] for p in paths}
-    cpu = dict.fromkeys(paths, 0.0)
+    # No process (a direct path, or a gateway given by --gateway-url): its CPU time is unknown, not zero.
+    cpu = {p: 0.0 if procs.get(p) is not None else float("nan") for p in paths}
     requests = dict.fromkeys(paths, 0)
     for r in range(rounds):
         for path in _rotation(paths, r):
@@ -485,26 +489,32 @@ def overhead(group: Rounds, direct: str, through: str) -> dict[str, object]:
 
 
 class GrpcDirect:
-    """The direct-gRPC baseline under --client wrk: h2load posting the gateway's own PredictRequest. h2load
-    does not read gRPC trailers, so the server's count of failed calls (TF Serving's
-    `:tensorflow:serving:request_count` with a status other than OK, from its REST port) is checked too."""
+    """The direct-gRPC baseline under --client wrk: h2load posting the gateway's own PredictRequest.
 
-    def __init__(self, message: bytes, rest_url: str | None) -> None:
+    h2load does not read gRPC trailers, so a call that failed is an HTTP 200 to it. What tells is the
+    server's own count of successful calls (TF Serving's `:tensorflow:serving:request_count{status="OK"}`,
+    on its REST port, with --monitoring_config_file as this project's deployments set it): every call
+    h2load saw answered must have added one. A call refused before Predict ran (a message gRPC could not
+    read, one too large) adds none, and is counted as failed too."""
+
+    def __init__(self, message: bytes, rest_url: str) -> None:
         self.message = message
-        self.metrics_url = f"{rest_url}/monitoring/prometheus/metrics" if rest_url else None
+        self.metrics_url = f"{rest_url}/monitoring/prometheus/metrics"
 
-    def failed_calls(self) -> float:
-        assert self.metrics_url is not None
-        text = httpx.get(self.metrics_url, timeout=10).text
-        return sum(
+    def ok_calls(self) -> float:
+        resp = httpx.get(self.metrics_url, timeout=10)
+        resp.raise_for_status()  # no metrics page (monitoring off, a wrong --tf-url): nothing could be checked
+        counts = [
             float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(":tensorflow:serving:request_count{") and 'status="OK"' not in line
-        )
+            for line in resp.text.splitlines()
+            if line.startswith(":tensorflow:serving:request_count{") and 'status="OK"' in line
+        ]
+        if not counts and ":tensorflow:serving:" not in resp.text:
+            raise RuntimeError(f"{self.metrics_url} has no TF Serving metrics: the h2load run cannot be checked")
+        return sum(counts)
 
     def run(self, url: str, concurrency: int, duration_s: float) -> wrkrun.WrkResult:
-        failures = self.failed_calls if self.metrics_url else None
-        return h2loadrun.run(url, self.message, concurrency=concurrency, duration_s=duration_s, failures=failures)
+        return h2loadrun.run(url, self.message, concurrency=concurrency, duration_s=duration_s, succeeded=self.ok_calls)
 
 
 def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:

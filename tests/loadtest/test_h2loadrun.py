@@ -33,11 +33,11 @@ MESSAGE = b"\x0a\x05\x0a\x03cnn"  # PredictRequest{model_spec{name: "cnn"}}; the
 
 class Server:
     """A unary method answering each call after `delay_s`, OK (the request echoed) or with `fail`;
-    it counts the calls it failed, as TF Serving's request_count{status!="OK"} does."""
+    it counts the calls it answered OK, as TF Serving's request_count{status="OK"} does."""
 
     def __init__(self, delay_s: float, fail: grpc.StatusCode | None) -> None:
         self.delay_s, self.fail = delay_s, fail
-        self.failed = 0
+        self.ok = 0
         self.received: list[bytes] = []
         self._lock = threading.Lock()
 
@@ -45,9 +45,9 @@ class Server:
         time.sleep(self.delay_s)
         self.received.append(request)
         if self.fail is not None:
-            with self._lock:
-                self.failed += 1
             context.abort(self.fail, "refused by the test server")
+        with self._lock:
+            self.ok += 1
         return request
 
 
@@ -55,13 +55,19 @@ class Server:
 def grpc_server() -> Iterator[Any]:
     started: list[grpc.Server] = []
 
-    def start(delay_s: float = 0.005, fail: grpc.StatusCode | None = None) -> tuple[str, Server]:
+    def start(
+        delay_s: float = 0.005, fail: grpc.StatusCode | None = None, max_message: int = 4 * 1024 * 1024
+    ) -> tuple[str, Server]:
         impl = Server(delay_s, fail)
         service, method = METHOD.strip("/").split("/")
         handler = grpc.method_handlers_generic_handler(
             service, {method: grpc.unary_unary_rpc_method_handler(impl.handle)}
         )
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4),
+            handlers=[handler],
+            options=[("grpc.max_receive_message_length", max_message)],
+        )
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         started.append(server)
@@ -76,7 +82,7 @@ def grpc_server() -> Iterator[Any]:
 @needs_h2load
 def test_latency_and_counts_follow_the_server(grpc_server: Any) -> None:
     url, server = grpc_server(delay_s=0.005)
-    r = h2loadrun.run(url, MESSAGE, concurrency=2, duration_s=1, failures=lambda: server.failed)
+    r = h2loadrun.run(url, MESSAGE, concurrency=2, duration_s=1, succeeded=lambda: server.ok)
     assert r.failed == 0, r.errors
     # Two connections against a 5 ms server: ~400 answers a second, each a little over 5 ms.
     assert 5.0 <= r.p50_ms < 15.0
@@ -91,12 +97,12 @@ def test_latency_and_counts_follow_the_server(grpc_server: Any) -> None:
 @needs_h2load
 def test_calls_the_server_failed_are_counted_though_http_says_200(grpc_server: Any) -> None:
     """gRPC errors travel in trailers of an HTTP 200, which h2load counts as a success: only the
-    server's own count of failed calls shows them."""
+    server's own count of successful calls shows them."""
     url, server = grpc_server(delay_s=0.002, fail=grpc.StatusCode.INVALID_ARGUMENT)
-    r = h2loadrun.run(url, MESSAGE, concurrency=1, duration_s=1, failures=lambda: server.failed)
+    r = h2loadrun.run(url, MESSAGE, concurrency=1, duration_s=1, succeeded=lambda: server.ok)
     assert r.requests > 0
-    assert r.errors["status"] >= r.requests  # every answer was a failure (one in flight at the end may add one)
-    assert r.failed >= r.requests
+    assert r.errors["status"] == r.requests  # every answer was a failure
+    assert r.failed == r.requests
     # Without that count the failures go unseen: the reason the benchmark passes one.
     unchecked = h2loadrun.run(url, MESSAGE, concurrency=1, duration_s=1)
     assert unchecked.requests > 0 and unchecked.failed == 0
@@ -104,6 +110,17 @@ def test_calls_the_server_failed_are_counted_though_http_says_200(grpc_server: A
 
 @pytest.mark.integration
 @needs_h2load
+@pytest.mark.integration
+@needs_h2load
+def test_calls_refused_before_the_handler_are_counted(grpc_server: Any) -> None:
+    """A message over the server's size limit is refused by gRPC itself (RESOURCE_EXHAUSTED): the handler
+    never runs, so no failure counter would see it; the success count does."""
+    url, server = grpc_server(delay_s=0.0, max_message=len(MESSAGE) - 1)
+    r = h2loadrun.run(url, MESSAGE, concurrency=1, duration_s=1, succeeded=lambda: server.ok)
+    assert r.requests > 0 and server.ok == 0 and not server.received
+    assert r.failed == r.requests
+
+
 def test_nothing_listening_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="h2load failed"):
         h2loadrun.run(f"http://127.0.0.1:{free_port()}{METHOD}", MESSAGE, concurrency=1, duration_s=1)
